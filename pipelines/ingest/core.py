@@ -1,0 +1,286 @@
+"""Raw files -> canonical events, id maps, item side info and quarantine, for one dataset.
+
+The flow (all lazy/streaming polars; the only Python loops are over files):
+1. the format's adapter scans every raw line and parses fields; cheap conditions give each row a
+   reason code (null = good);
+2. one streaming pass writes every row to a scratch parquet file;
+3. rejected rows get their readable reason and go to the quarantine table; the run fails when
+   their share exceeds the dataset's ``bad_row_threshold``;
+4. exact duplicates are dropped (first occurrence in file order is kept);
+5. dense ids are assigned in raw-id order, and events are joined to them;
+6. every output is staged and published together (see ``pipelines.storage.StagedOutputs``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from pipelines.ingest.errors import IngestError
+from pipelines.ingest.formats import EVENT_PARSERS, event_files, item_attributes_from_files
+from pipelines.ingest.lines import N_FIELDS, TEXT, Check, RawFile
+from pipelines.registry import FORMAT_FILE_ROLES, DatasetConfig
+from pipelines.storage import StagedOutputs
+from schemas import columns as c
+
+REASON_CODE = "__reason_code"
+EVENTS_FILE = "events.parquet"
+USER_MAP_FILE = "user_id_map.parquet"
+ITEM_MAP_FILE = "item_id_map.parquet"
+SIDE_INFO_FILE = "item_side_info.parquet"
+QUARANTINE_FILE = "quarantine.parquet"
+REPORT_FILE = "ingest_report.json"
+SIDE_COLUMNS = (c.CATEGORY_ID, c.CATEGORY_PATH, c.BRAND_ID, c.SELLER_ID, c.CAPTION_TOKENS)
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class IngestSummary:
+    """Counts and provenance of one ingest run; rows_read = kept + quarantined + duplicates."""
+
+    dataset: str
+    format: str
+    rows_read: int
+    rows_kept: int
+    rows_quarantined: int
+    duplicates_dropped: int
+    users: int
+    items: int
+    exposures: int
+    time_granularity: str
+    time_note: str
+    per_file: dict[str, dict[str, int]]
+    quarantine_reasons: dict[str, int]
+    outputs: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def reconciles(self) -> bool:
+        return self.rows_read == self.rows_kept + self.rows_quarantined + self.duplicates_dropped
+
+
+def resolve_files(cfg: DatasetConfig, raw_dir: Path, log: Log) -> dict[str, list[RawFile]]:
+    """Raw files per role in reading order; required files must exist, optional ones may be absent."""
+    roles = FORMAT_FILE_ROLES[cfg.format]
+    files: dict[str, list[RawFile]] = {}
+    missing: list[str] = []
+    index = 0
+    for role in cfg.files:
+        found = []
+        for name in cfg.file_names(role):
+            path = raw_dir / name
+            if path.is_file():
+                found.append(RawFile(path, index))
+                index += 1
+            elif roles[role]:
+                missing.append(name)
+            else:
+                log(f"{cfg.name}: optional {role} file {path} not found; item side info will lack it")
+        files[role] = found
+    if missing:
+        raise IngestError(
+            f"{raw_dir}: dataset '{cfg.name}' (format {cfg.format}) is missing raw file(s) {missing}; "
+            f"the registry expects {cfg.all_file_names}. Put the published files there, or empty the "
+            f"folder to use generated data."
+        )
+    return files
+
+
+def _reason_code(checks: list[Check]) -> pl.Expr:
+    return pl.coalesce([pl.when(ch.condition).then(pl.lit(i, pl.UInt8)) for i, ch in enumerate(checks)])
+
+
+def _reason_text(checks: list[Check]) -> pl.Expr:
+    return pl.coalesce(
+        [pl.when(pl.col(REASON_CODE) == i).then(ch.message) for i, ch in enumerate(checks)]
+    ).alias(c.REASON)
+
+
+def ingest_dataset(
+    cfg: DatasetConfig,
+    raw_dir: Path,
+    out_dir: Path,
+    *,
+    log: Log = print,
+    examples: int = 5,
+) -> IngestSummary:
+    """Ingest one dataset's raw files from ``raw_dir`` into ``out_dir`` (published atomically)."""
+    started = time.perf_counter()
+    files = resolve_files(cfg, raw_dir, log)
+    source = EVENT_PARSERS[cfg.format](cfg, files)
+    code = _reason_code(source.checks)
+    kept_for_bad = [TEXT, N_FIELDS, *source.raw_fields]
+    has_time = cfg.time.unit != "none"
+
+    with StagedOutputs(out_dir) as staged:
+        # 1-2. one streaming pass over the raw lines
+        parsed_path = staged.path("_parsed.parquet")
+        log(f"{cfg.name}: parsing {', '.join(f.name for fs in files.values() for f in fs if fs)}")
+        (
+            source.frame.with_columns(code.alias(REASON_CODE))
+            .select(
+                c.SOURCE_FILE, c.SOURCE_LINE, c.EVENT_ORDER, c.RAW_USER_ID, c.RAW_ITEM_ID, c.BEHAVIORS,
+                c.TIMESTAMP, *source.extras, REASON_CODE,
+                *[pl.when(pl.col(REASON_CODE).is_not_null()).then(pl.col(f)).alias(f) for f in kept_for_bad],
+            )
+            .sink_parquet(parsed_path, engine="streaming")
+        )
+        parsed = pl.scan_parquet(parsed_path)
+        per_file_df = (
+            parsed.group_by(c.SOURCE_FILE)
+            .agg(pl.len().alias("rows_read"), pl.col(REASON_CODE).is_not_null().sum().alias("rows_quarantined"))
+            .collect()
+        )
+        per_file = {
+            r[c.SOURCE_FILE]: {"rows_read": r["rows_read"], "rows_quarantined": r["rows_quarantined"]}
+            for r in per_file_df.iter_rows(named=True)
+        }
+        for f in event_files(cfg, files):
+            if per_file.get(f.name, {}).get("rows_read", 0) == 0:
+                raise IngestError(f"{f.path}: no data rows (the file holds only a header or nothing)")
+        rows_read = int(per_file_df["rows_read"].sum())
+
+        # 3. quarantine
+        quarantine = (
+            parsed.filter(pl.col(REASON_CODE).is_not_null())
+            .with_columns(_reason_text(source.checks))
+            .sort(c.EVENT_ORDER)
+            .select(c.SOURCE_FILE, c.SOURCE_LINE, c.REASON, pl.col(TEXT).alias(c.RAW_TEXT))
+            .collect()
+        )
+        quarantine.write_parquet(staged.path(QUARANTINE_FILE))
+        n_bad = quarantine.height
+        reasons = _reason_counts(parsed, source.checks)
+        if rows_read and n_bad / rows_read > cfg.ingest.bad_row_threshold:
+            shown = "\n".join(
+                f"  {r[c.SOURCE_FILE]}:{r[c.SOURCE_LINE]}: {r[c.REASON]}" for r in quarantine.head(examples).iter_rows(named=True)
+            )
+            raise IngestError(
+                f"dataset '{cfg.name}': {n_bad:,} of {rows_read:,} rows ({n_bad / rows_read:.3%}) are malformed, "
+                f"above the threshold {cfg.ingest.bad_row_threshold:.3%} (registry key "
+                f"datasets.{cfg.name}.ingest.bad_row_threshold). Reasons: {reasons}. First rows:\n{shown}\n"
+                f"Nothing was published; the previous outputs in {out_dir} are unchanged."
+            )
+
+        # 4. exact duplicates
+        good = parsed.filter(pl.col(REASON_CODE).is_null()).select(
+            c.SOURCE_FILE, c.SOURCE_LINE, c.EVENT_ORDER, c.RAW_USER_ID, c.RAW_ITEM_ID, c.BEHAVIORS, c.TIMESTAMP,
+            *source.extras,
+        )
+        if cfg.ingest.drop_exact_duplicates and has_time:
+            good = good.filter(
+                pl.struct(c.RAW_USER_ID, c.RAW_ITEM_ID, c.BEHAVIORS, c.TIMESTAMP).is_first_distinct()
+            )
+        kept_path = staged.path("_kept.parquet")
+        good.sink_parquet(kept_path, engine="streaming")
+        kept = pl.scan_parquet(kept_path)
+        rows_kept = kept.select(pl.len()).collect().item()
+        if rows_kept == 0:
+            raise IngestError(f"dataset '{cfg.name}': no valid rows in {raw_dir} (all {rows_read:,} rows quarantined)")
+
+        # 5. dense ids in raw-id order, then events
+        log(f"{cfg.name}: assigning dense ids")
+        user_map = _id_map(kept, c.RAW_USER_ID, c.USER_ID)
+        item_map = _id_map(kept, c.RAW_ITEM_ID, c.ITEM_ID)
+        user_map.write_parquet(staged.path(USER_MAP_FILE))
+        item_map.write_parquet(staged.path(ITEM_MAP_FILE))
+        log(f"{cfg.name}: writing canonical events")
+        events = (
+            kept.join(user_map.lazy(), on=c.RAW_USER_ID, how="left", maintain_order="left")
+            .join(item_map.lazy(), on=c.RAW_ITEM_ID, how="left", maintain_order="left")
+            .select(
+                pl.col(c.USER_ID), pl.col(c.ITEM_ID), pl.col(c.BEHAVIORS), pl.col(c.TIMESTAMP),
+                pl.col(c.EVENT_ORDER), pl.col(c.SOURCE_FILE), pl.col(c.SOURCE_LINE),
+            )
+        )
+        events.sink_parquet(
+            staged.path(EVENTS_FILE),
+            engine="streaming",
+            metadata={"mbrec.dataset": cfg.name, "mbrec.time_granularity": cfg.time.granularity,
+                      "mbrec.behaviors": ",".join(cfg.behavior_names)},
+        )
+        exposures = kept.filter(pl.col(c.BEHAVIORS) == 0).select(pl.len()).collect().item()
+
+        # item side info: attributes seen on events (first occurrence in file order) + side files
+        side = _side_info(cfg, files, kept, source.extras, item_map)
+        side.write_parquet(staged.path(SIDE_INFO_FILE))
+
+        summary = IngestSummary(
+            dataset=cfg.name,
+            format=cfg.format,
+            rows_read=rows_read,
+            rows_kept=rows_kept,
+            rows_quarantined=n_bad,
+            duplicates_dropped=rows_read - n_bad - rows_kept,
+            users=user_map.height,
+            items=item_map.height,
+            exposures=exposures,
+            time_granularity=cfg.time.granularity,
+            time_note=_time_note(cfg),
+            per_file=per_file,
+            quarantine_reasons=reasons,
+        )
+        summary.seconds = round(time.perf_counter() - started, 3)
+        summary.outputs = {name: str(out_dir / name) for name in
+                           (EVENTS_FILE, USER_MAP_FILE, ITEM_MAP_FILE, SIDE_INFO_FILE, QUARANTINE_FILE, REPORT_FILE)}
+        staged.path(REPORT_FILE).write_text(json.dumps(asdict(summary), indent=2, sort_keys=True) + "\n")
+        staged.publish()
+    log(
+        f"{cfg.name}: {rows_read:,} rows read = {rows_kept:,} kept + {n_bad:,} quarantined + "
+        f"{summary.duplicates_dropped:,} duplicates; {summary.users:,} users, {summary.items:,} items "
+        f"({summary.seconds:.1f} s)"
+    )
+    return summary
+
+
+def _id_map(kept: pl.LazyFrame, raw: str, dense: str) -> pl.DataFrame:
+    return (
+        kept.select(pl.col(raw).unique())
+        .sort(raw)
+        .with_row_index(dense)
+        .select(pl.col(dense).cast(pl.UInt32), pl.col(raw))
+        .collect(engine="streaming")
+    )
+
+
+def _reason_counts(parsed: pl.LazyFrame, checks: list[Check]) -> dict[str, int]:
+    """Quarantined rows per reason kind, most frequent first."""
+    counts = (
+        parsed.filter(pl.col(REASON_CODE).is_not_null()).group_by(REASON_CODE).len()
+        .sort("len", REASON_CODE, descending=[True, False]).collect()
+    )
+    return {checks[code].kind: n for code, n in counts.iter_rows()}
+
+
+def _side_info(
+    cfg: DatasetConfig, files: dict[str, list[RawFile]], kept: pl.LazyFrame, extras: list[str], item_map: pl.DataFrame
+) -> pl.DataFrame:
+    side = item_map.lazy().select(c.ITEM_ID, c.RAW_ITEM_ID)
+    if extras:
+        from_events = kept.filter(pl.col(c.RAW_ITEM_ID).is_first_distinct()).select(c.RAW_ITEM_ID, *extras)
+        side = side.join(from_events, on=c.RAW_ITEM_ID, how="left")
+    from_files = item_attributes_from_files(cfg.format, files)
+    if from_files is not None:
+        side = side.join(from_files, on=c.RAW_ITEM_ID, how="left", suffix="__file")
+    names = side.collect_schema().names()
+    cols = []
+    for col in SIDE_COLUMNS:
+        candidates = [pl.col(n).cast(pl.String) for n in (f"{col}__file", col) if n in names]
+        cols.append((pl.coalesce(candidates) if candidates else pl.lit(None, pl.String)).alias(col))
+    return side.select(c.ITEM_ID, c.RAW_ITEM_ID, *cols).sort(c.ITEM_ID).collect()
+
+
+def _time_note(cfg: DatasetConfig) -> str:
+    t = cfg.time
+    if t.unit == "none":
+        return "no time column: timestamp is null and file order (event_order) is the sequence order"
+    if t.granularity == "day":
+        return (f"day granularity ({t.unit}, year {t.year}): timestamp is local midnight; events of one day "
+                f"tie and keep file order (event_order) as the tie-break")
+    return f"raw unit {t.unit}, granularity {t.granularity}; timestamp in ms since the Unix epoch (UTC)"

@@ -1,0 +1,247 @@
+"""The dataset registry: one declarative YAML file (``data/datasets.yaml``) validated on load.
+
+Adding a dataset in an already supported format is a new registry entry, no code. Every error
+names the registry file, the dataset and the key at fault.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from schemas.columns import MAX_BEHAVIORS
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_REGISTRY = REPO_ROOT / "data" / "datasets.yaml"
+REGISTRY_ENV = "MBREC_REGISTRY"
+
+FormatName = Literal["taobao", "tmall", "retailrocket", "kuaisar", "tenrec", "behavior_set_splits"]
+
+# File roles each format reads; the registry maps roles to file names inside data/raw/<dataset>/.
+FORMAT_FILE_ROLES: dict[str, dict[str, bool]] = {  # role -> required
+    "taobao": {"events": True},
+    "tmall": {"events": True},
+    "retailrocket": {"events": True, "item_properties": False, "category_tree": False},
+    "kuaisar": {"events": True, "item_features": False},
+    "tenrec": {"events": True},
+    "behavior_set_splits": {"train": True, "valid": True, "between": True, "test": True},
+}
+
+
+class RegistryError(ValueError):
+    """The registry file is missing, unreadable or invalid."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Behavior(_Strict):
+    """One behavior of the dataset's vocabulary."""
+
+    name: str = Field(description="Canonical name used everywhere downstream (e.g. 'buy').")
+    code: str | int | None = Field(
+        default=None,
+        description="How the raw file spells it: a label ('pv', 2) for single-label formats, a "
+        "column name for flag formats, a position (1-based among b1..bB) for behavior-set splits. "
+        "Defaults to the name.",
+    )
+    level: int = Field(ge=0, description="Funnel level, low to high (pv 0 < cart 1 < buy 2).")
+
+    @property
+    def raw_code(self) -> str:
+        return str(self.name if self.code is None else self.code)
+
+
+class TimeSpec(_Strict):
+    """How the raw files spell time and how fine it is."""
+
+    unit: Literal["s", "ms", "mmdd", "none"] = Field(
+        description="Raw unit: Unix seconds, Unix milliseconds, month*100+day (with `year`), or no time column."
+    )
+    granularity: Literal["ms", "s", "day", "none"] = Field(description="Finest real resolution.")
+    year: int | None = Field(default=None, description="Year implied by 'mmdd' timestamps.")
+    utc_offset_hours: float = Field(
+        default=0.0, description="Offset of the raw local time from UTC ('mmdd' days and window dates)."
+    )
+    valid_from: date | None = Field(default=None, description="Events before this date are quarantined.")
+    valid_to: date | None = Field(default=None, description="Events on or after this date are quarantined.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TimeSpec":
+        if self.unit == "mmdd" and self.year is None:
+            raise ValueError("unit 'mmdd' needs `year`")
+        if (self.unit == "none") != (self.granularity == "none"):
+            raise ValueError("unit 'none' and granularity 'none' go together")
+        if self.valid_from and self.valid_to and self.valid_from >= self.valid_to:
+            raise ValueError("valid_from must be before valid_to")
+        return self
+
+
+class IngestOptions(_Strict):
+    bad_row_threshold: float = Field(
+        default=0.001, ge=0.0, le=1.0, description="Fail when quarantined rows exceed this share of rows read."
+    )
+    drop_exact_duplicates: bool = Field(
+        default=True,
+        description="Drop rows whose user, item, behaviors and timestamp repeat an earlier row "
+        "(never for datasets without time, where repeats are distinct exposures).",
+    )
+
+
+class SyntheticOptions(_Strict):
+    """Generator settings used when data/raw/<dataset>/ holds no files."""
+
+    users: int = Field(default=1500, ge=10)
+    items: int = Field(default=1200, ge=10)
+    topics: int = Field(default=16, ge=2)
+    seed: int = 0
+    events_per_user: float = Field(default=60.0, gt=1)
+    variant: Literal["video", "article"] = "video"
+
+
+class DatasetConfig(_Strict):
+    name: str
+    format: FormatName
+    description: str = ""
+    aliases: list[str] = Field(default_factory=list, description="Names other papers use for this data.")
+    files: dict[str, str | list[str]] = Field(
+        description="File role -> file name (or list of names, read in order) inside data/raw/<dataset>/."
+    )
+    behaviors: list[Behavior] = Field(description="Vocabulary in bitmask order, low level to high.")
+    auxiliary: list[str] = Field(default_factory=list)
+    targets: list[str]
+    time: TimeSpec
+    ingest: IngestOptions = Field(default_factory=IngestOptions)
+    synthetic: SyntheticOptions = Field(default_factory=SyntheticOptions)
+    stages: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per-stage options, validated by each stage."
+    )
+
+    @field_validator("behaviors")
+    @classmethod
+    def _behaviors(cls, v: list[Behavior]) -> list[Behavior]:
+        if not v:
+            raise ValueError("at least one behavior is required")
+        if len(v) > MAX_BEHAVIORS:
+            raise ValueError(f"at most {MAX_BEHAVIORS} behaviors fit the bitmask, got {len(v)}")
+        names = [b.name for b in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"behavior names repeat: {names}")
+        codes = [b.raw_code for b in v]
+        if len(set(codes)) != len(codes):
+            raise ValueError(f"behavior codes repeat: {codes}")
+        levels = [b.level for b in v]
+        if levels != sorted(levels):
+            raise ValueError(f"list behaviors from low to high level; levels are {levels}")
+        return v
+
+    @model_validator(mode="after")
+    def _references(self) -> "DatasetConfig":
+        names = self.behavior_names
+        for key in ("auxiliary", "targets"):
+            for b in getattr(self, key):
+                if b not in names:
+                    raise ValueError(f"{key}: behavior '{b}' is not in the vocabulary {names}")
+        if not self.targets:
+            raise ValueError("targets: name at least one target behavior")
+        roles = FORMAT_FILE_ROLES[self.format]
+        unknown = sorted(set(self.files) - set(roles))
+        if unknown:
+            raise ValueError(f"files: unknown role(s) {unknown} for format '{self.format}'; known: {sorted(roles)}")
+        missing = sorted(r for r, required in roles.items() if required and r not in self.files)
+        if missing:
+            raise ValueError(f"files: format '{self.format}' needs role(s) {missing}")
+        if self.format == "tenrec" and self.time.unit != "none":
+            raise ValueError("time: Tenrec files have no time column; use unit 'none'")
+        return self
+
+    def file_names(self, role: str) -> list[str]:
+        """The file names of one role, in reading order ([] when the role is not configured)."""
+        value = self.files.get(role, [])
+        return [value] if isinstance(value, str) else list(value)
+
+    @property
+    def all_file_names(self) -> list[str]:
+        return [f for role in self.files for f in self.file_names(role)]
+
+    @property
+    def behavior_names(self) -> list[str]:
+        return [b.name for b in self.behaviors]
+
+    def behavior_bit(self, name: str) -> int:
+        """The bitmask value of one behavior; a clear error if it is not in the vocabulary."""
+        try:
+            return 1 << self.behavior_names.index(name)
+        except ValueError:
+            raise KeyError(
+                f"dataset '{self.name}': behavior '{name}' is not in its vocabulary {self.behavior_names}"
+            ) from None
+
+
+class Registry(_Strict):
+    path: Path
+    datasets: dict[str, DatasetConfig]
+
+    def get(self, name: str) -> DatasetConfig:
+        try:
+            return self.datasets[name]
+        except KeyError:
+            raise RegistryError(
+                f"{self.path}: no dataset '{name}'; known datasets: {sorted(self.datasets)}"
+            ) from None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.datasets)
+
+
+def _format_error(path: Path, dataset: str | None, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        where = f"datasets.{dataset}.{loc}" if dataset else loc
+        lines.append(f"  {where}: {e['msg']}")
+    head = f"{path}: invalid registry entry" + (f" for dataset '{dataset}'" if dataset else "")
+    return head + "\n" + "\n".join(lines)
+
+
+def load_registry(path: str | os.PathLike[str] | None = None) -> Registry:
+    """Load and validate the registry (default: $MBREC_REGISTRY or data/datasets.yaml)."""
+    path = Path(path or os.environ.get(REGISTRY_ENV) or DEFAULT_REGISTRY)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RegistryError(f"{path}: registry file not found") from None
+    except yaml.YAMLError as e:
+        raise RegistryError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("datasets"), dict) or not raw["datasets"]:
+        raise RegistryError(f"{path}: expected a top-level mapping `datasets:` with at least one dataset")
+    extra = sorted(set(raw) - {"datasets", "defaults"})
+    if extra:
+        raise RegistryError(f"{path}: unknown top-level key(s) {extra}; expected 'datasets' and 'defaults'")
+    defaults = raw.get("defaults") or {}
+    datasets: dict[str, DatasetConfig] = {}
+    for name, entry in raw["datasets"].items():
+        if not isinstance(entry, dict):
+            raise RegistryError(f"{path}: dataset '{name}' must be a mapping")
+        if not str(name).replace("_", "").isalnum() or str(name) != str(name).lower():
+            raise RegistryError(f"{path}: dataset name '{name}' must be lower_snake_case")
+        merged = {**_deep_merge(defaults, entry), "name": str(name)}
+        try:
+            datasets[str(name)] = DatasetConfig.model_validate(merged)
+        except ValidationError as e:
+            raise RegistryError(_format_error(path, str(name), e)) from None
+    return Registry(path=path, datasets=datasets)
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
