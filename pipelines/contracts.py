@@ -1,0 +1,89 @@
+"""Running the pandera contracts and the semantic checks on written tables (no Dagster here)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandera.errors
+import pandera.polars as pa
+import polars as pl
+
+from schemas import columns as c
+
+# Above this many rows a contract checks values on an evenly strided sample (schema on all).
+FULL_VALIDATION_ROWS = 5_000_000
+
+
+@dataclass
+class ContractResult:
+    passed: bool
+    table: str
+    rows: int
+    rows_checked: int
+    message: str
+    failure_cases: pl.DataFrame | None = None
+    details: dict[str, object] = field(default_factory=dict)
+
+
+def validate_parquet(path: Path, model: type[pa.DataFrameModel], *, max_rows: int = FULL_VALIDATION_ROWS) -> ContractResult:
+    """Validate a parquet file against a pandera model; failure cases name column, check and value."""
+    name = model.__name__
+    if not path.is_file():
+        return ContractResult(False, name, 0, 0, f"{path}: table not found (was the asset materialized?)")
+    lf = pl.scan_parquet(path)
+    rows = lf.select(pl.len()).collect().item()
+    stride = max(1, math.ceil(rows / max_rows))
+    frame = (lf.gather_every(stride) if stride > 1 else lf).collect()
+    try:
+        model.validate(frame, lazy=True)
+    except pandera.errors.SchemaErrors as e:
+        cases = e.failure_cases
+        checks = sorted(set(cases["check"].cast(pl.String).to_list())) if "check" in cases.columns else []
+        cols = sorted({str(x) for x in cases["column"].to_list()}) if "column" in cases.columns else []
+        return ContractResult(
+            False, name, rows, frame.height,
+            f"{name} contract failed on {path.name}: {len(cases)} failure case(s) in column(s) {cols}, check(s) {checks}",
+            failure_cases=cases,
+        )
+    scope = "all rows" if stride == 1 else f"every {stride}th row ({frame.height:,} of {rows:,})"
+    return ContractResult(True, name, rows, frame.height, f"{name} contract holds on {scope} of {path.name}")
+
+
+def ingest_consistency(out_dir: Path) -> ContractResult:
+    """Semantic checks across the ingest tables: counts reconcile, id maps dense, events reference them."""
+    report = json.loads((out_dir / "ingest_report.json").read_text())
+    problems: list[str] = []
+    read, kept, bad, dup = (report[k] for k in ("rows_read", "rows_kept", "rows_quarantined", "duplicates_dropped"))
+    if read != kept + bad + dup:
+        problems.append(f"rows read {read} != kept {kept} + quarantined {bad} + duplicates {dup}")
+    events = pl.scan_parquet(out_dir / "events.parquet")
+    stats = events.select(
+        pl.len().alias("rows"), pl.col(c.USER_ID).max().alias("max_user"), pl.col(c.ITEM_ID).max().alias("max_item"),
+        pl.col(c.USER_ID).n_unique().alias("users"), pl.col(c.ITEM_ID).n_unique().alias("items"),
+    ).collect().row(0, named=True)
+    if stats["rows"] != kept:
+        problems.append(f"events has {stats['rows']} rows but the report says {kept} were kept")
+    quarantined = pl.scan_parquet(out_dir / "quarantine.parquet").select(pl.len()).collect().item()
+    if quarantined != bad:
+        problems.append(f"quarantine has {quarantined} rows but the report says {bad}")
+    for table, dense, raw, used, max_used in (
+        ("user_id_map", c.USER_ID, c.RAW_USER_ID, stats["users"], stats["max_user"]),
+        ("item_id_map", c.ITEM_ID, c.RAW_ITEM_ID, stats["items"], stats["max_item"]),
+    ):
+        m = pl.read_parquet(out_dir / f"{table}.parquet")
+        if m[dense].to_list() != list(range(m.height)):
+            problems.append(f"{table}: dense ids are not exactly 0..{m.height - 1} in order")
+        if m[raw].n_unique() != m.height:
+            problems.append(f"{table}: raw ids repeat (not a bijection)")
+        if used != m.height or (max_used is not None and max_used >= m.height):
+            problems.append(f"{table}: events use {used} ids (max {max_used}) but the map holds {m.height}")
+    side = pl.scan_parquet(out_dir / "item_side_info.parquet").select(pl.len()).collect().item()
+    if side != stats["items"]:
+        problems.append(f"item_side_info has {side} rows for {stats['items']} items")
+    message = "; ".join(problems) if problems else (
+        f"{read:,} rows read = {kept:,} kept + {bad:,} quarantined + {dup:,} duplicates; id maps dense and bijective"
+    )
+    return ContractResult(not problems, "ingest_consistency", read, read, message, details={"problems": problems})

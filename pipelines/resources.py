@@ -1,0 +1,26 @@
+"""The one Dagster resource every asset uses: where the registry and the data live."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from pipelines.registry import DatasetConfig, Registry, load_registry
+from pipelines.storage import DatasetPaths, default_data_root
+
+
+class PipelineSettings(dg.ConfigurableResource):
+    """Registry path and data root; both default to the repository's data/ and can be set by env vars."""
+
+    registry_path: str = ""  # "" = $MBREC_REGISTRY or data/datasets.yaml
+    data_root: str = ""  # "" = $MBREC_DATA_ROOT or data/
+
+    def registry(self) -> Registry:
+        return load_registry(self.registry_path or None)
+
+    def dataset(self, name: str) -> DatasetConfig:
+        return self.registry().get(name)
+
+    def paths(self, name: str) -> DatasetPaths:
+        return DatasetPaths(Path(self.data_root) if self.data_root else default_data_root(), name)

@@ -1,0 +1,123 @@
+"""Every bad-input class lands in quarantine with file, line and reason; fatal problems are one clear error."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import run_ingest, with_options, write
+from pipelines.ingest.core import ingest_dataset
+from pipelines.ingest.errors import IngestError
+from schemas import columns as c
+
+GOOD = "1,10,7,pv,1511600000\n"
+
+
+def quarantine_of(registry, tmp_path, body: str, dataset="taobao", name="UserBehavior.csv", header=""):
+    cfg = with_options(registry.get(dataset), bad_row_threshold=1.0)
+    write(tmp_path / "raw", name, header + body)
+    s, t = run_ingest(cfg, tmp_path / "raw", tmp_path / "out")
+    return s, t["quarantine"].select(c.SOURCE_FILE, c.SOURCE_LINE, c.REASON, c.RAW_TEXT).rows()
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "reason"),
+    [
+        ("1,10,7,pv", "wrong column count: expected 5, got 4"),
+        ("1,10,7,pv,1511600000,9", "wrong column count: expected 5, got 6"),
+        ("x1,10,7,pv,1511600000", "unparsable user_id 'x1'"),
+        ("1,10.5,7,pv,1511600000", "unparsable item_id '10.5'"),
+        (",10,7,pv,1511600000", "null user_id"),
+        ("1,,7,pv,1511600000", "null item_id"),
+        ("1,10,7,click,1511600000", "unknown behavior 'click' (vocabulary: pv, fav, cart, buy)"),
+        ("1,10,7,pv,2017-11-26", "unparsable timestamp '2017-11-26'"),
+        ("1,10,7,pv,", "null timestamp"),
+        ("1,10,7,pv,1000000000", "timestamp '1000000000' outside the valid range [2017-11-25, 2017-12-04)"),
+        ("", "empty line"),
+    ],
+)
+def test_each_bad_row_class_is_quarantined_with_line_and_reason(registry, tmp_path, bad_line, reason):
+    s, rows = quarantine_of(registry, tmp_path, GOOD + bad_line + "\n" + GOOD.replace("10", "11"))
+    assert rows == [("UserBehavior.csv", 2, reason, bad_line)]
+    assert (s.rows_read, s.rows_kept, s.rows_quarantined) == (3, 2, 1)
+
+
+def test_flag_format_rejects_non_binary_flags_and_bad_mmdd(registry, tmp_path):
+    header = "user_id,item_id,click,follow,like,share,video_category,watching_times,gender,age\n"
+    _, rows = quarantine_of(registry, tmp_path, "1,2,1,0,0,0,3,1,1,2\n1,2,yes,0,0,0,3,1,1,2\n",
+                            dataset="tenrec_qk_video", name="QK-video.csv", header=header)
+    assert rows == [("QK-video.csv", 3, "unparsable click flag 'yes' (expected 0 or 1)", "1,2,yes,0,0,0,3,1,1,2")]
+    header = "user_id,item_id,cat_id,seller_id,brand_id,time_stamp,action_type\n"
+    _, rows = quarantine_of(registry, tmp_path / "t", "7,3,11,21,1,1111,2\n7,3,11,21,1,1332,2\n",
+                            dataset="tmall", name="user_log_format1.csv", header=header)
+    assert rows == [("user_log_format1.csv", 3, "unparsable time_stamp '1332'", "7,3,11,21,1,1332,2")]
+
+
+def test_counts_reconcile_with_duplicates_and_bad_rows(registry, tmp_path):
+    body = GOOD + GOOD + "1,10,7,buy,1511600000\n" + "bad\n" + GOOD.replace("pv", "cart")
+    s, rows = quarantine_of(registry, tmp_path, body)
+    assert (s.rows_read, s.rows_kept, s.rows_quarantined, s.duplicates_dropped) == (5, 3, 1, 1)
+    assert s.reconciles and len(rows) == 1
+
+
+def test_duplicates_can_be_kept(registry, tmp_path):
+    cfg = with_options(registry.get("taobao"), drop_exact_duplicates=False)
+    write(tmp_path / "raw", "UserBehavior.csv", GOOD * 3)
+    s, _ = run_ingest(cfg, tmp_path / "raw", tmp_path / "out")
+    assert (s.rows_kept, s.duplicates_dropped) == (3, 0)
+
+
+def test_missing_file_is_one_clear_error(registry, tmp_path):
+    (tmp_path / "raw").mkdir()
+    with pytest.raises(IngestError, match=r"missing raw file\(s\) \['UserBehavior.csv'\]"):
+        ingest_dataset(registry.get("taobao"), tmp_path / "raw", tmp_path / "out", log=lambda _: None)
+
+
+def test_empty_file_and_header_only_file(registry, tmp_path):
+    write(tmp_path / "raw", "UserBehavior.csv", "")
+    with pytest.raises(IngestError, match="UserBehavior.csv: file is empty"):
+        ingest_dataset(registry.get("taobao"), tmp_path / "raw", tmp_path / "out", log=lambda _: None)
+    write(tmp_path / "raw2", "user_log_format1.csv", "user_id,item_id,cat_id,seller_id,brand_id,time_stamp,action_type\n")
+    with pytest.raises(IngestError, match="user_log_format1.csv: no data rows"):
+        ingest_dataset(registry.get("tmall"), tmp_path / "raw2", tmp_path / "out", log=lambda _: None)
+
+
+def test_wrong_header_names_the_missing_columns(registry, tmp_path):
+    write(tmp_path / "raw", "user_log_format1.csv", "user,item,cat_id,seller_id,brand_id,time_stamp,action_type\n1,2,3,4,5,1111,0\n")
+    with pytest.raises(IngestError, match=r"wrong header: missing column\(s\) \['user_id', 'item_id'\]"):
+        ingest_dataset(registry.get("tmall"), tmp_path / "raw", tmp_path / "out", log=lambda _: None)
+
+
+def test_too_many_bad_rows_fails_and_keeps_last_good_outputs(registry, tmp_path):
+    cfg = registry.get("taobao")  # default threshold 0.1%
+    out = tmp_path / "out"
+    write(tmp_path / "raw", "UserBehavior.csv", GOOD * 5)
+    run_ingest(cfg, tmp_path / "raw", out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    write(tmp_path / "raw", "UserBehavior.csv", GOOD + "oops\n" + GOOD)
+    with pytest.raises(IngestError) as err:
+        ingest_dataset(cfg, tmp_path / "raw", out, log=lambda _: None)
+    msg = str(err.value)
+    assert "1 of 3 rows" in msg and "UserBehavior.csv:2: wrong column count: expected 5, got 1" in msg
+    assert "bad_row_threshold" in msg
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing half-written or replaced
+    assert not [p for p in tmp_path.iterdir() if "staging" in p.name]
+
+
+def test_a_crash_mid_run_leaves_previous_outputs(registry, tmp_path, monkeypatch):
+    cfg = registry.get("taobao")
+    out = tmp_path / "out"
+    write(tmp_path / "raw", "UserBehavior.csv", GOOD)
+    run_ingest(cfg, tmp_path / "raw", out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    write(tmp_path / "raw", "UserBehavior.csv", GOOD + GOOD.replace("1,", "2,", 1))
+
+    import pipelines.ingest.core as core
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(core, "_side_info", boom)  # fails after events were staged
+    with pytest.raises(RuntimeError, match="disk full"):
+        ingest_dataset(cfg, tmp_path / "raw", out, log=lambda _: None)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
