@@ -15,13 +15,11 @@ from pipelines.resources import PipelineSettings
 all_assets_job = dg.define_asset_job(
     "materialize_all",
     selection=dg.AssetSelection.all(),
-    partitions_def=dataset_partitions,
     description="Every asset (and its checks) for one dataset partition.",
 )
 ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=dg.AssetSelection.groups("ingest"),
-    partitions_def=dataset_partitions,
     description="Raw files -> canonical events for one dataset partition.",
 )
 

@@ -27,6 +27,7 @@ from pipelines.ingest.lines import N_FIELDS, TEXT, Check, RawFile
 from pipelines.registry import FORMAT_FILE_ROLES, DatasetConfig
 from pipelines.storage import StagedOutputs
 from schemas import columns as c
+from schemas.columns import EVENT_COLUMNS
 
 REASON_CODE = "__reason_code"
 EVENTS_FILE = "events.parquet"
@@ -168,47 +169,36 @@ def ingest_dataset(
                 f"Nothing was published; the previous outputs in {out_dir} are unchanged."
             )
 
-        # 4. exact duplicates
-        good = parsed.filter(pl.col(REASON_CODE).is_null()).select(
-            c.SOURCE_FILE, c.SOURCE_LINE, c.EVENT_ORDER, c.RAW_USER_ID, c.RAW_ITEM_ID, c.BEHAVIORS, c.TIMESTAMP,
-            *source.extras,
-        )
-        if cfg.ingest.drop_exact_duplicates and has_time:
-            good = good.filter(
-                pl.struct(c.RAW_USER_ID, c.RAW_ITEM_ID, c.BEHAVIORS, c.TIMESTAMP).is_first_distinct()
-            )
-        kept_path = staged.path("_kept.parquet")
-        good.sink_parquet(kept_path, engine="streaming")
-        kept = pl.scan_parquet(kept_path)
-        rows_kept = kept.select(pl.len()).collect().item()
-        if rows_kept == 0:
-            raise IngestError(f"dataset '{cfg.name}': no valid rows in {raw_dir} (all {rows_read:,} rows quarantined)")
-
-        # 5. dense ids in raw-id order, then events
+        # 4-5. dense ids in raw-id order (duplicates never change the user or item sets), then
+        # events joined to them, exact duplicates dropped (first occurrence in file order kept)
+        good = parsed.filter(pl.col(REASON_CODE).is_null())
         log(f"{cfg.name}: assigning dense ids")
-        user_map = _id_map(kept, c.RAW_USER_ID, c.USER_ID)
-        item_map = _id_map(kept, c.RAW_ITEM_ID, c.ITEM_ID)
+        user_map = _id_map(good, c.RAW_USER_ID, c.USER_ID)
+        item_map = _id_map(good, c.RAW_ITEM_ID, c.ITEM_ID)
+        if user_map.is_empty():
+            raise IngestError(f"dataset '{cfg.name}': no valid rows in {raw_dir} (all {rows_read:,} rows quarantined)")
         user_map.write_parquet(staged.path(USER_MAP_FILE))
         item_map.write_parquet(staged.path(ITEM_MAP_FILE))
         log(f"{cfg.name}: writing canonical events")
         events = (
-            kept.join(user_map.lazy(), on=c.RAW_USER_ID, how="left", maintain_order="left")
+            good.join(user_map.lazy(), on=c.RAW_USER_ID, how="left", maintain_order="left")
             .join(item_map.lazy(), on=c.RAW_ITEM_ID, how="left", maintain_order="left")
-            .select(
-                pl.col(c.USER_ID), pl.col(c.ITEM_ID), pl.col(c.BEHAVIORS), pl.col(c.TIMESTAMP),
-                pl.col(c.EVENT_ORDER), pl.col(c.SOURCE_FILE), pl.col(c.SOURCE_LINE),
-            )
         )
-        events.sink_parquet(
+        if cfg.ingest.drop_exact_duplicates and has_time:
+            events = events.filter(_first_occurrence())
+        events.select(*EVENT_COLUMNS).sink_parquet(
             staged.path(EVENTS_FILE),
             engine="streaming",
             metadata={"mbrec.dataset": cfg.name, "mbrec.time_granularity": cfg.time.granularity,
                       "mbrec.behaviors": ",".join(cfg.behavior_names)},
         )
-        exposures = kept.filter(pl.col(c.BEHAVIORS) == 0).select(pl.len()).collect().item()
+        written = pl.scan_parquet(staged.path(EVENTS_FILE))
+        rows_kept, exposures = written.select(
+            pl.len(), (pl.col(c.BEHAVIORS) == 0).sum()
+        ).collect().row(0)
 
         # item side info: attributes seen on events (first occurrence in file order) + side files
-        side = _side_info(cfg, files, kept, source.extras, item_map)
+        side = _side_info(cfg, files, good, source.extras, item_map)
         side.write_parquet(staged.path(SIDE_INFO_FILE))
 
         summary = IngestSummary(
@@ -237,6 +227,16 @@ def ingest_dataset(
         f"({summary.seconds:.1f} s)"
     )
     return summary
+
+
+def _first_occurrence() -> pl.Expr:
+    """True for the first row (in file order) of each (user, item, behaviors, timestamp).
+
+    Dense ids fit 32 bits, so two packed UInt64 keys replace a four-column struct key.
+    """
+    pair = (pl.col(c.USER_ID).cast(pl.UInt64) * (1 << 32)) + pl.col(c.ITEM_ID).cast(pl.UInt64)
+    when = (pl.col(c.TIMESTAMP).cast(pl.UInt64) * (1 << 16)) + pl.col(c.BEHAVIORS).cast(pl.UInt64)
+    return pl.struct(pair.alias("pair"), when.alias("when")).is_first_distinct()
 
 
 def _id_map(kept: pl.LazyFrame, raw: str, dense: str) -> pl.DataFrame:

@@ -34,11 +34,17 @@ Files = Mapping[str, list[RawFile]]  # role -> files in reading order
 
 # ---------------------------------------------------------------- behavior encodings
 def label_behaviors(cfg: DatasetConfig, field: str) -> tuple[pl.Expr, Check]:
-    """Single-label formats: the raw label becomes a one-bit mask; unknown labels are rejected."""
-    mapping = {b.raw_code: 1 << i for i, b in enumerate(cfg.behaviors)}
-    expr = fld(field).replace_strict(mapping, default=None, return_dtype=pl.UInt16)
-    vocab = ", ".join(mapping)
-    return expr, Check("unknown behavior", expr.is_null(), pl.format(f"unknown behavior '{{}}' (vocabulary: {vocab})", fld(field)))
+    """Single-label formats: the raw label becomes a one-bit mask; unknown labels are rejected.
+
+    A cast to an Enum of the vocabulary (a hash lookup; unknown labels become null) rather than
+    ``replace_strict``, which did not stream in polars 2.1 and quadrupled peak memory.
+    """
+    codes = [b.raw_code for b in cfg.behaviors]
+    index = fld(field).cast(pl.Enum(codes), strict=False).to_physical()
+    expr = pl.lit(2, pl.UInt16).pow(index).cast(pl.UInt16)
+    vocab = ", ".join(codes)
+    return expr, Check("unknown behavior", index.is_null(),
+                       pl.format(f"unknown behavior '{{}}' (vocabulary: {vocab})", fld(field)))
 
 
 def flag_behaviors(fields: list[str]) -> pl.Expr:
