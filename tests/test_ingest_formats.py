@@ -26,14 +26,15 @@ def test_taobao(registry, tmp_path):
           "900,44,8,fav,1511600000\n")
     s, t = run_ingest(cfg, tmp_path / "raw", tmp_path / "out")
     ev = t["events"]
-    # dense ids in raw-id order: users 100->0, 900->1; items 44->0, 55->1; bits pv=1 fav=2 cart=4 buy=8
+    # dense ids in raw-id order: users 100->0, 900->1; items 44->0, 55->1; bits pv=1 fav=2 cart=4 buy=8.
+    # Rows are grouped by user and keep file order within a user (never re-sorted by time or item).
     assert ev.select(c.USER_ID, c.ITEM_ID, c.BEHAVIORS, c.TIMESTAMP, c.SOURCE_LINE).rows() == [
+        (0, 1, 4, 1511600200_000, 3),
         (1, 1, 1, 1511600100_000, 1),
         (1, 1, 8, 1511600300_000, 2),
-        (0, 1, 4, 1511600200_000, 3),
         (1, 0, 2, 1511600000_000, 4),
     ]
-    assert ev[c.EVENT_ORDER].to_list() == [1, 2, 3, 4]  # file order kept as the tie-break
+    assert ev[c.EVENT_ORDER].to_list() == [3, 1, 2, 4]
     assert ev[c.SOURCE_FILE].unique().to_list() == ["UserBehavior.csv"]
     assert t["item_side_info"].select(c.ITEM_ID, c.RAW_ITEM_ID, c.CATEGORY_ID).rows() == [(0, 44, "8"), (1, 55, "7")]
     assert (s.rows_read, s.rows_kept, s.rows_quarantined, s.duplicates_dropped) == (4, 4, 0, 0)
@@ -141,12 +142,30 @@ def test_behavior_set_splits_crlf_and_file_order(registry, tmp_path):
     write(raw, "test.txt", "1,7,1,0,0,1\n", newline="\r\n")
     s, t = run_ingest(cfg, raw, tmp_path / "out")
     ev = t["events"]
-    assert ev.select(c.SOURCE_FILE, c.SOURCE_LINE, c.BEHAVIORS).rows() == [
-        ("train.txt", 1, 1), ("train.txt", 2, 3), ("train.txt", 3, 0),
-        ("valid.txt", 1, 5), ("between_val_test.txt", 1, 1), ("test.txt", 1, 9),
+    # per user, the release's sequence order: train, valid, between, test
+    assert ev.select(c.USER_ID, c.SOURCE_FILE, c.SOURCE_LINE, c.BEHAVIORS).rows() == [
+        (0, "train.txt", 1, 1), (0, "train.txt", 2, 3), (0, "valid.txt", 1, 5),
+        (0, "between_val_test.txt", 1, 1), (0, "test.txt", 1, 9), (1, "train.txt", 3, 0),
     ]
-    assert ev[c.EVENT_ORDER].is_sorted() and ev[c.EVENT_ORDER].n_unique() == 6  # file order across files
+    assert ev.filter(pl.col(c.USER_ID) == 0)[c.EVENT_ORDER].is_sorted() and ev[c.EVENT_ORDER].n_unique() == 6
     assert s.rows_quarantined == 0 and s.exposures == 1
+
+
+def test_sharded_events_are_ordered_by_user_then_file_order_and_deduplicated(registry, tmp_path):
+    """Force many shards: the result must equal the single-shard result, row for row."""
+    cfg = registry.get("taobao")
+    users = [7, 3, 9, 3, 7, 1, 9, 9, 3, 1, 7, 3]
+    lines = [f"{u},{10 + k % 3},1,pv,{1511600000 + k % 4}" for k, u in enumerate(users)]
+    lines.insert(5, lines[1])  # an exact duplicate of line 2 (user 3) at line 6
+    write(tmp_path / "raw", "UserBehavior.csv", "\n".join(lines) + "\n")
+    s1, one = run_ingest(cfg, tmp_path / "raw", tmp_path / "one")
+    s4, many = run_ingest(cfg, tmp_path / "raw", tmp_path / "many", rows_per_shard=2)
+    assert one["events"].equals(many["events"])
+    assert (s1.duplicates_dropped, s4.duplicates_dropped, s4.rows_kept) == (1, 1, 12)
+    ev = many["events"]
+    assert ev[c.USER_ID].is_sorted()
+    assert ev.group_by(c.USER_ID).agg(pl.col(c.EVENT_ORDER).is_sorted())[c.EVENT_ORDER].all()
+    assert 6 not in ev[c.SOURCE_LINE].to_list()  # the later copy is the one dropped
 
 
 def test_id_maps_round_trip_to_raw_ids(registry, tmp_path):

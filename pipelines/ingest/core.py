@@ -14,12 +14,14 @@ The flow (all lazy/streaming polars; the only Python loops are over files):
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from pipelines.ingest.errors import IngestError
 from pipelines.ingest.formats import EVENT_PARSERS, event_files, item_attributes_from_files
@@ -110,8 +112,13 @@ def ingest_dataset(
     *,
     log: Log = print,
     examples: int = 5,
+    rows_per_shard: int = 5_000_000,
 ) -> IngestSummary:
-    """Ingest one dataset's raw files from ``raw_dir`` into ``out_dir`` (published atomically)."""
+    """Ingest one dataset's raw files from ``raw_dir`` into ``out_dir`` (published atomically).
+
+    Events are processed in shards of consecutive dense user ids (about ``rows_per_shard`` rows
+    each), which bounds memory: a shard never needs another shard's rows.
+    """
     started = time.perf_counter()
     files = resolve_files(cfg, raw_dir, log)
     source = EVENT_PARSERS[cfg.format](cfg, files)
@@ -180,22 +187,19 @@ def ingest_dataset(
         user_map.write_parquet(staged.path(USER_MAP_FILE))
         item_map.write_parquet(staged.path(ITEM_MAP_FILE))
         log(f"{cfg.name}: writing canonical events")
-        events = (
+        joined = (
             good.join(user_map.lazy(), on=c.RAW_USER_ID, how="left", maintain_order="left")
             .join(item_map.lazy(), on=c.RAW_ITEM_ID, how="left", maintain_order="left")
+            .select(*EVENT_COLUMNS)
         )
-        if cfg.ingest.drop_exact_duplicates and has_time:
-            events = events.filter(_first_occurrence())
-        events.select(*EVENT_COLUMNS).sink_parquet(
-            staged.path(EVENTS_FILE),
-            engine="streaming",
-            metadata={"mbrec.dataset": cfg.name, "mbrec.time_granularity": cfg.time.granularity,
-                      "mbrec.behaviors": ",".join(cfg.behavior_names)},
+        dedup = cfg.ingest.drop_exact_duplicates and has_time
+        rows_kept, exposures = _write_events(
+            joined, staged, n_rows=rows_read - n_bad, n_users=user_map.height, dedup=dedup,
+            rows_per_shard=rows_per_shard, metadata={
+                "mbrec.dataset": cfg.name, "mbrec.time_granularity": cfg.time.granularity,
+                "mbrec.behaviors": ",".join(cfg.behavior_names), "mbrec.order": "user_id, event_order"},
+            log=log,
         )
-        written = pl.scan_parquet(staged.path(EVENTS_FILE))
-        rows_kept, exposures = written.select(
-            pl.len(), (pl.col(c.BEHAVIORS) == 0).sum()
-        ).collect().row(0)
 
         # item side info: attributes seen on events (first occurrence in file order) + side files
         side = _side_info(cfg, files, good, source.extras, item_map)
@@ -229,14 +233,71 @@ def ingest_dataset(
     return summary
 
 
-def _first_occurrence() -> pl.Expr:
-    """True for the first row (in file order) of each (user, item, behaviors, timestamp).
+def _write_events(
+    joined: pl.LazyFrame,
+    staged: StagedOutputs,
+    *,
+    n_rows: int,
+    n_users: int,
+    dedup: bool,
+    rows_per_shard: int,
+    metadata: dict[str, str],
+    log: Log,
+) -> tuple[int, int]:
+    """Write canonical events ordered by (user_id, event_order); return (rows kept, exposures).
 
-    Dense ids fit 32 bits, so two packed UInt64 keys replace a four-column struct key.
+    One streaming pass splits rows into shards of consecutive user ids (file order kept inside
+    each); each shard is then deduplicated and stably sorted by user in memory and appended as
+    row groups, so the file is globally ordered by user and, within a user, by file order.
     """
-    pair = (pl.col(c.USER_ID).cast(pl.UInt64) * (1 << 32)) + pl.col(c.ITEM_ID).cast(pl.UInt64)
-    when = (pl.col(c.TIMESTAMP).cast(pl.UInt64) * (1 << 16)) + pl.col(c.BEHAVIORS).cast(pl.UInt64)
-    return pl.struct(pair.alias("pair"), when.alias("when")).is_first_distinct()
+    n_shards = max(1, math.ceil(n_rows / rows_per_shard))
+    users_per_shard = max(1, math.ceil(n_users / n_shards))
+    if n_shards == 1:
+        shards: list[pl.LazyFrame] = [joined]
+    else:
+        shard_dir = staged.path("_shards")
+        joined.with_columns((pl.col(c.USER_ID) // users_per_shard).alias("__shard")).sink_parquet(
+            pl.PartitionBy(shard_dir, key="__shard", include_key=False, approximate_bytes_per_file=None),
+            engine="streaming",
+        )
+        shards = [pl.scan_parquet(sorted(d.glob("*.parquet")))
+                  for i in range(n_shards) if (d := shard_dir / f"__shard={i}").is_dir()]
+    kept = exposures = 0
+    writer: pq.ParquetWriter | None = None
+    try:
+        for i, shard in enumerate(shards):
+            df = shard.collect()
+            if dedup:
+                df = _drop_exact_duplicates(df)
+            df = df.sort(c.USER_ID, maintain_order=True)  # stable: file order within each user
+            table = df.to_arrow()
+            if writer is None:
+                schema = table.schema.with_metadata({k.encode(): v.encode() for k, v in metadata.items()})
+                writer = pq.ParquetWriter(staged.path(EVENTS_FILE), schema, compression="zstd")
+            writer.write_table(table.cast(writer.schema), row_group_size=1 << 20)
+            kept += df.height
+            exposures += int((df[c.BEHAVIORS] == 0).sum())
+            if n_shards > 1:
+                log(f"events shard {i + 1}/{len(shards)}: {df.height:,} rows")
+    finally:
+        if writer is not None:
+            writer.close()
+    return kept, exposures
+
+
+def _drop_exact_duplicates(df: pl.DataFrame) -> pl.DataFrame:
+    """Keep the first row (in the frame's order) of each (user, item, behaviors, timestamp).
+
+    A 64-bit hash finds candidate rows cheaply; the exact comparison runs only on candidates,
+    so a hash collision can never drop a row that is not a true duplicate.
+    """
+    keys = [c.USER_ID, c.ITEM_ID, c.BEHAVIORS, c.TIMESTAMP]
+    candidate = df.select(pl.struct(keys).hash(seed=0).is_duplicated()).to_series()
+    if not candidate.any():
+        return df
+    indexed = df.with_row_index("__row")
+    repeats = indexed.filter(candidate).filter(~pl.struct(keys).is_first_distinct())["__row"]
+    return indexed.filter(~pl.col("__row").is_in(repeats.implode())).drop("__row")
 
 
 def _id_map(kept: pl.LazyFrame, raw: str, dense: str) -> pl.DataFrame:
@@ -263,7 +324,9 @@ def _side_info(
 ) -> pl.DataFrame:
     side = item_map.lazy().select(c.ITEM_ID, c.RAW_ITEM_ID)
     if extras:
-        from_events = kept.filter(pl.col(c.RAW_ITEM_ID).is_first_distinct()).select(c.RAW_ITEM_ID, *extras)
+        # items' attributes are constant in these datasets; min() picks deterministically
+        # (and skips nulls) when they are not, and streams
+        from_events = kept.group_by(c.RAW_ITEM_ID).agg(pl.col(extras).min())
         side = side.join(from_events, on=c.RAW_ITEM_ID, how="left")
     from_files = item_attributes_from_files(cfg.format, files)
     if from_files is not None:
