@@ -37,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         for key in keys:
             started = time.perf_counter()
             print(f"== {key}: materializing every asset ...", flush=True)
-            result = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
+            result = job.execute_in_process(
+                partition_key=key, instance=instance, raise_on_error=False,
+                run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+            )
             checks = result.get_asset_check_evaluations()
             bad_checks = [e.check_name for e in checks if not e.passed]
             ok = result.success and not bad_checks
