@@ -1,0 +1,40 @@
+"""Options of the sequence stage, read from a registry entry's `stages.sequences` mapping."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipelines.registry import DatasetConfig, RegistryError
+
+
+class SequenceOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # cleaning
+    time_from: date | None = Field(default=None, description="Keep events on or after this (local) date.")
+    time_to: date | None = Field(default=None, description="Keep events before this (local) date.")
+    drop_exposures: bool = Field(default=True, description="Drop rows with no behavior (flag formats).")
+    min_user_steps: int = Field(default=0, ge=0, description="Iterative k-core: users with fewer steps are dropped.")
+    min_item_steps: int = Field(default=0, ge=0, description="Iterative k-core: items with fewer steps are dropped.")
+    # behavior sets
+    merge_rule: Literal["same_timestamp", "consecutive", "window", "none"] = Field(
+        default="same_timestamp",
+        description="How events of one user and item become one step: identical timestamp; consecutive "
+        "in the user's sequence; within `merge_window_seconds` of the previous event on that item; or never.",
+    )
+    merge_window_seconds: float = Field(default=60.0, gt=0)
+    step_time: Literal["first", "last"] = Field(default="first", description="A merged step's time.")
+    # sessions
+    session_gap_minutes: float = Field(default=60.0, gt=0)
+
+    @classmethod
+    def of(cls, cfg: DatasetConfig) -> "SequenceOptions":
+        try:
+            return cls.model_validate(cfg.stages.get("sequences", {}))
+        except ValidationError as e:
+            where = "; ".join(f"datasets.{cfg.name}.stages.sequences.{'.'.join(map(str, x['loc']))}: {x['msg']}"
+                              for x in e.errors())
+            raise RegistryError(f"invalid sequence options: {where}") from None
