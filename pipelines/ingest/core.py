@@ -201,7 +201,7 @@ def ingest_dataset(
             log=log,
         )
 
-        # item side info: attributes seen on events (first occurrence in file order) + side files
+        # item side info: attributes seen on events (smallest non-null value per item) + side files
         side = _side_info(cfg, files, good, source.extras, item_map)
         side.write_parquet(staged.path(SIDE_INFO_FILE))
 
