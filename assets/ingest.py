@@ -108,7 +108,7 @@ def ingest(context: dg.AssetExecutionContext, settings: PipelineSettings):
     )
 
 
-def _check_result(result: ContractResult) -> dg.AssetCheckResult:
+def check_result(result: ContractResult) -> dg.AssetCheckResult:
     metadata: dict[str, object] = {"rows": result.rows, "rows_checked": result.rows_checked, "message": result.message}
     if result.failure_cases is not None:
         metadata["failure_cases"] = dg.MetadataValue.md(markdown_table(result.failure_cases, max_rows=20))
@@ -123,7 +123,7 @@ def _contract_check(asset_name: str) -> dg.AssetChecksDefinition:
                     description=f"pandera contract {model.__name__} (schemas/ingest.py) on the written table")
     def _check(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
         out = settings.paths(context.partition_key).stage_dir(STAGE)
-        return _check_result(validate_parquet(Path(out) / file, model))
+        return check_result(validate_parquet(Path(out) / file, model))
 
     return _check
 
@@ -132,7 +132,7 @@ def _contract_check(asset_name: str) -> dg.AssetChecksDefinition:
                 description="Counts reconcile (read = kept + quarantined + duplicates); id maps dense and "
                             "bijective; events reference only mapped ids; side info covers every item.")
 def ingest_consistency_check(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
-    return _check_result(ingest_consistency(settings.paths(context.partition_key).stage_dir(STAGE)))
+    return check_result(ingest_consistency(settings.paths(context.partition_key).stage_dir(STAGE)))
 
 
 ingest_checks = [_contract_check(name) for name in TABLES] + [ingest_consistency_check]

@@ -87,3 +87,31 @@ def ingest_consistency(out_dir: Path) -> ContractResult:
         f"{read:,} rows read = {kept:,} kept + {bad:,} quarantined + {dup:,} duplicates; id maps dense and bijective"
     )
     return ContractResult(not problems, "ingest_consistency", read, read, message, details={"problems": problems})
+
+
+def split_consistency(steps_path: Path, split_dir: Path, leakage_filter: str, max_len: int, cfg) -> ContractResult:
+    """Semantic checks of one split: one role per step, histories strictly before targets, targets
+    in their role, and (for filters 'all'/'merge') no leaking step left in any history window."""
+    from pipelines.sequences.leakage import find_leaks
+
+    steps = pl.read_parquet(steps_path)
+    roles = pl.read_parquet(split_dir / "roles.parquet")
+    examples = pl.read_parquet(split_dir / "examples.parquet")
+    problems: list[str] = []
+    if roles.height != steps.height or not roles.select(c.USER_ID, "step").is_unique().all():
+        problems.append(f"roles cover {roles.height} rows for {steps.height} steps, or repeat a step")
+    if (examples["history_end"] > examples["target_step"]).any():
+        problems.append("a history reaches its own target step")
+    target_roles = examples.join(roles, left_on=[c.USER_ID, "target_step"], right_on=[c.USER_ID, "step"])
+    if (target_roles["role"] != target_roles["role_right"]).any():
+        problems.append("a target step's role differs from its example's role")
+    if leakage_filter in ("all", "merge"):
+        remaining = find_leaks(steps, examples.drop("dropped_steps"), cfg, "all", max_len)
+        dropped = examples.with_row_index("example").select("example", pl.col("dropped_steps").alias("step")).explode("step")
+        left = remaining.join(dropped.drop_nulls(), on=["example", "step"], how="anti")
+        if left.height:
+            problems.append(f"{left.height} leaking history steps remain after the '{leakage_filter}' filter")
+    message = "; ".join(problems) if problems else (
+        f"{steps.height:,} steps in exactly one role; {examples.height:,} histories end before their targets"
+        + ("; no same-item lower-level step left in any history window" if leakage_filter in ("all", "merge") else ""))
+    return ContractResult(not problems, "split_consistency", steps.height, steps.height, message)

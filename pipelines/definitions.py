@@ -9,6 +9,7 @@ import dagster as dg
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 from assets.ingest import ingest, ingest_checks
+from assets.sequences import sequence_assets, sequence_checks
 from assets.partitions import dataset_partitions
 from pipelines.resources import PipelineSettings
 
@@ -33,8 +34,8 @@ def weekly_dataset_refresh(context: dg.ScheduleEvaluationContext):
 
 
 defs = dg.Definitions(
-    assets=[ingest],
-    asset_checks=ingest_checks,
+    assets=[ingest, *sequence_assets],
+    asset_checks=[*ingest_checks, *sequence_checks],
     jobs=[all_assets_job, ingest_job],
     schedules=[weekly_dataset_refresh],
     resources={"settings": PipelineSettings()},

@@ -29,6 +29,16 @@ class SequenceOptions(BaseModel):
     step_time: Literal["first", "last"] = Field(default="first", description="A merged step's time.")
     # sessions
     session_gap_minutes: float = Field(default=60.0, gt=0)
+    # splits and leakage
+    target_behaviors: list[str] | None = Field(
+        default=None, description="Targets of the leave-one-out and temporal splits (default: the registry's targets)."
+    )
+    leakage_filter: Literal["off", "last", "all", "merge"] = Field(
+        default="all", description="How evaluation histories are cleaned of the same-item leak."
+    )
+    max_len: int = Field(default=50, ge=1, description="History truncation window (model-ready length).")
+    temporal_valid_quantile: float = Field(default=0.8, gt=0, lt=1, description="Valid cut: quantile of step times.")
+    temporal_test_quantile: float = Field(default=0.9, gt=0, lt=1, description="Test cut: quantile of step times.")
 
     @classmethod
     def of(cls, cfg: DatasetConfig) -> "SequenceOptions":

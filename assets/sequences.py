@@ -1,0 +1,132 @@
+"""Sequence stage: behavior-set steps and sessions, split protocols with the leakage filter, the audit.
+
+Thin Dagster wrappers; the logic is ``pipelines.sequences`` (plain polars).
+"""
+
+import warnings
+
+import dagster as dg
+import polars as pl
+
+from assets.ingest import check_result
+from assets.partitions import dataset_partitions
+from pipelines.contracts import split_consistency, validate_parquet
+from pipelines.reporting import markdown_table
+from pipelines.resources import PipelineSettings
+from pipelines.sequences import stage
+from pipelines.sequences.options import SequenceOptions
+from pipelines.sequences.splits import PROTOCOLS
+from schemas.sequences import BehaviorSteps, EvaluationExamples, LeakageAudit, SplitRoles
+
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+GROUP = "sequences"
+
+
+@dg.asset(
+    deps=["canonical_events"], partitions_def=dataset_partitions, group_name=GROUP, kinds={"polars", "parquet"},
+    description="Cleaned events merged into behavior-set steps (bitmask over the registry vocabulary) with sessions.",
+)
+def behavior_sets(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+    cfg = settings.dataset(context.partition_key)
+    paths = settings.paths(cfg.name)
+    summary = stage.materialize_steps(cfg, paths, log=context.log.info)
+    preview = pl.read_parquet(stage.steps_path(paths), n_rows=10)
+    sets = summary.pop("behavior_sets")
+    return dg.MaterializeResult(metadata={
+        **{k: (dg.MetadataValue.json(v) if isinstance(v, (list, dict)) else v) for k, v in summary.items()},
+        "dagster/row_count": summary["steps"],
+        "path": dg.MetadataValue.path(str(stage.steps_path(paths))),
+        "behavior_sets": dg.MetadataValue.md(markdown_table(pl.DataFrame(sets), max_rows=15)),
+        "preview": dg.MetadataValue.md(markdown_table(preview)),
+    })
+
+
+def _split_asset(protocol: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=f"split_{protocol}", deps=[behavior_sets], partitions_def=dataset_partitions, group_name=GROUP,
+        kinds={"polars", "parquet"},
+        description=f"The {protocol} split: a role per step and valid/test examples with the leakage filter applied "
+                    "(see pipelines/sequences/splits.py).",
+    )
+    def _asset(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+        cfg = settings.dataset(context.partition_key)
+        paths = settings.paths(cfg.name)
+        summary = stage.materialize_split(cfg, paths, protocol, log=context.log.info)
+        meta = {k: (dg.MetadataValue.json(v) if isinstance(v, dict) else v) for k, v in summary.items()}
+        if summary["applicable"]:
+            meta["path"] = dg.MetadataValue.path(str(stage.split_dir(paths, protocol)))
+            meta["dagster/row_count"] = summary["examples"]
+        return dg.MaterializeResult(metadata=meta)
+
+    return _asset
+
+
+split_assets = [_split_asset(p) for p in PROTOCOLS]
+
+
+@dg.asset(
+    deps=split_assets, partitions_def=dataset_partitions, group_name=GROUP, kinds={"polars", "parquet"},
+    description="Leak exposure (target item in the last k history steps) and two leak-exploiting recommenders' "
+                "HR/NDCG@k, before and after the leakage filter, per split: GAMER's Figure 2 on any dataset.",
+)
+def leakage_audit(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+    cfg = settings.dataset(context.partition_key)
+    paths = settings.paths(cfg.name)
+    table = stage.materialize_audit(cfg, paths, log=context.log.info)
+    k10 = table.filter(pl.col("k") == 10).select("protocol", "filter", "examples", "share_in_last_k", "recent_hr",
+                                                 "frequent_hr").with_columns(pl.col(pl.Float64).round(4))
+    return dg.MaterializeResult(metadata={
+        "at_k_10": dg.MetadataValue.md(markdown_table(k10, max_rows=20)),
+        "report": dg.MetadataValue.path(str(paths.stage_dir("leakage") / "leakage_audit.md")),
+        "path": dg.MetadataValue.path(str(paths.stage_dir("leakage") / "audit.parquet")),
+        "dagster/row_count": table.height,
+    })
+
+
+def _check(asset, name: str, description: str, fn) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=asset, name=name, blocking=True, partitions_def=dataset_partitions, description=description)
+    def _c(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
+        cfg = settings.dataset(context.partition_key)
+        return fn(cfg, settings.paths(cfg.name))
+
+    return _c
+
+
+def _split_checks(protocol: str, asset) -> list[dg.AssetChecksDefinition]:
+    def applicable(cfg) -> bool:
+        return not (protocol in ("session", "temporal") and cfg.time.unit == "none")
+
+    def contract(cfg, paths):
+        if not applicable(cfg):
+            return dg.AssetCheckResult(passed=True, metadata={"message": "not applicable: no time column"})
+        d = stage.split_dir(paths, protocol)
+        for file, model in (("roles.parquet", SplitRoles), ("examples.parquet", EvaluationExamples)):
+            r = validate_parquet(d / file, model)
+            if not r.passed:
+                return check_result(r)
+        return check_result(r)
+
+    def consistency(cfg, paths):
+        if not applicable(cfg):
+            return dg.AssetCheckResult(passed=True, metadata={"message": "not applicable: no time column"})
+        opts = SequenceOptions.of(cfg)
+        return check_result(split_consistency(stage.steps_path(paths), stage.split_dir(paths, protocol),
+                                              opts.leakage_filter, opts.max_len, cfg))
+
+    return [
+        _check(asset, f"split_{protocol}_contract", "pandera SplitRoles and EvaluationExamples (schemas/sequences.py)",
+               contract),
+        _check(asset, f"split_{protocol}_consistency",
+               "Every step in exactly one role; histories end before their targets; no leaking step left after "
+               "the 'all'/'merge' filter.", consistency),
+    ]
+
+
+sequence_assets = [behavior_sets, *split_assets, leakage_audit]
+sequence_checks = [
+    _check(behavior_sets, "behavior_sets_contract", "pandera BehaviorSteps (schemas/sequences.py)",
+           lambda cfg, paths: check_result(validate_parquet(stage.steps_path(paths), BehaviorSteps))),
+    *[chk for p, a in zip(PROTOCOLS, split_assets, strict=True) for chk in _split_checks(p, a)],
+    _check(leakage_audit, "leakage_audit_contract", "pandera LeakageAudit (schemas/sequences.py)",
+           lambda cfg, paths: check_result(validate_parquet(paths.stage_dir("leakage") / "audit.parquet", LeakageAudit))),
+]
