@@ -83,6 +83,36 @@ def leakage_audit(context: dg.AssetExecutionContext, settings: PipelineSettings)
     })
 
 
+@dg.asset(
+    deps=split_assets, partitions_def=dataset_partitions, group_name=GROUP, kinds={"numpy", "parquet"},
+    description="Per split and role (train/valid/test): left-padded arrays of the last max_len history steps "
+                "(items+1, behavior sets, time gaps, sessions+1) with targets, as parquet and .npz.",
+)
+def model_ready_sequences(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+    cfg = settings.dataset(context.partition_key)
+    paths = settings.paths(cfg.name)
+    summary = stage.materialize_model_ready(cfg, paths, log=context.log.info)
+    opts = SequenceOptions.of(cfg)
+    return dg.MaterializeResult(metadata={
+        "examples": dg.MetadataValue.json(summary), "max_len": opts.max_len,
+        "path": dg.MetadataValue.path(str(paths.stage_dir("model_ready"))),
+        "load": "pipelines.sequences.model_ready.load('<protocol>/<role>.npz') -> dict of numpy arrays; "
+                "torch.from_numpy on each gives tensors",
+    })
+
+
+@dg.asset(
+    deps=[behavior_sets, *split_assets], partitions_def=dataset_partitions, group_name=GROUP, kinds={"csv", "json"},
+    description="EIDP/BLADE split files (user,item,b1..bB), a RecBole atomic .inter file, GAMER-style JSON.",
+)
+def sequence_exports(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+    cfg = settings.dataset(context.partition_key)
+    paths = settings.paths(cfg.name)
+    result = stage.materialize_exports(cfg, paths, log=context.log.info)
+    return dg.MaterializeResult(metadata={
+        k: (dg.MetadataValue.json(v) if isinstance(v, dict) else dg.MetadataValue.path(v)) for k, v in result.items()})
+
+
 def _check(asset, name: str, description: str, fn) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=asset, name=name, blocking=True, partitions_def=dataset_partitions, description=description)
     def _c(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
@@ -122,7 +152,7 @@ def _split_checks(protocol: str, asset) -> list[dg.AssetChecksDefinition]:
     ]
 
 
-sequence_assets = [behavior_sets, *split_assets, leakage_audit]
+sequence_assets = [behavior_sets, *split_assets, leakage_audit, model_ready_sequences, sequence_exports]
 sequence_checks = [
     _check(behavior_sets, "behavior_sets_contract", "pandera BehaviorSteps (schemas/sequences.py)",
            lambda cfg, paths: check_result(validate_parquet(stage.steps_path(paths), BehaviorSteps))),

@@ -110,6 +110,52 @@ def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, lo
     }
 
 
+def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print) -> dict[str, dict[str, int]]:
+    """train/valid/test arrays per materialized split: parquet (Array columns) and .npz."""
+    import numpy as np
+
+    from pipelines.sequences import model_ready
+
+    opts = SequenceOptions.of(cfg)
+    steps = pl.read_parquet(steps_path(paths))
+    summary: dict[str, dict[str, int]] = {}
+    for protocol in sp.PROTOCOLS:
+        d = split_dir(paths, protocol)
+        if not (d / "examples.parquet").is_file():
+            continue
+        roles = pl.read_parquet(d / "roles.parquet")
+        examples = pl.read_parquet(d / "examples.parquet")
+        train_steps = roles.filter(pl.col("role") == "train").select(c.USER_ID, "step")
+        out = paths.stage_dir("model_ready") / protocol
+        summary[protocol] = {}
+        for role, ex, allowed in (("train", model_ready.training_examples(steps, roles), train_steps),
+                                  ("valid", examples.filter(pl.col("role") == "valid"), None),
+                                  ("test", examples.filter(pl.col("role") == "test"), None)):
+            arrays = model_ready.build(steps, ex, opts.max_len, allowed)
+            write_parquet_atomic(model_ready.to_frame(arrays, role), out / f"{role}.parquet")
+            tmp = out / f".{role}.tmp.npz"
+            np.savez(tmp, **arrays)
+            tmp.replace(out / f"{role}.npz")
+            summary[protocol][role] = int(len(arrays["user_ids"]))
+        log(f"{cfg.name}/{protocol}: model-ready {summary[protocol]}")
+    return summary
+
+
+def materialize_exports(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print) -> dict[str, object]:
+    from pipelines.sequences import exports
+
+    steps = pl.read_parquet(steps_path(paths))
+    out = paths.stage_dir("exports")
+    result: dict[str, object] = {}
+    eidp_roles = split_dir(paths, "eidp") / "roles.parquet"
+    if eidp_roles.is_file():
+        result["blade_split_files"] = exports.blade_split_files(steps, pl.read_parquet(eidp_roles), cfg, out / "blade")
+    result["recbole_inter"] = str(exports.recbole_inter(steps, cfg, out / "recbole"))
+    result["gamer_json"] = str(exports.gamer_json(steps, cfg, out / "gamer"))
+    log(f"{cfg.name}: exports written to {out}")
+    return result
+
+
 def materialize_audit(cfg: DatasetConfig, paths: DatasetPaths, protocols: tuple[str, ...] = sp.PROTOCOLS,
                       log: Log = print) -> pl.DataFrame:
     """The leakage audit of every materialized split, before and after its filter."""

@@ -1,0 +1,87 @@
+"""Model-ready sequences: truncated, left-padded fixed-length arrays per example.
+
+For every split, one row per example:
+- ``train``: per user, target = the last train step, history = the earlier train steps;
+- ``valid`` / ``test``: the split's examples after the leakage filter (dropped steps skipped).
+History = the last ``max_len`` steps before the target (leakage-dropped steps removed from that
+window). Arrays are left-padded with 0: ``items`` holds item_id + 1 (0 = padding),
+``behaviors`` the step bitmask, ``time_gaps`` seconds since the previous history step (0 for the
+first and without time), ``sessions`` session index + 1. Built with numpy scatter, no loop over events.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from schemas import columns as c
+
+ARRAYS = ("items", "behaviors", "time_gaps", "sessions")
+
+
+def training_examples(steps: pl.DataFrame, roles: pl.DataFrame) -> pl.DataFrame:
+    """One example per user with at least two train steps: target = last train step."""
+    train = steps.join(roles.filter(pl.col("role") == "train"), on=[c.USER_ID, "step"]).sort(c.USER_ID, "step")
+    last = train.group_by(c.USER_ID).agg(pl.col("step").last().alias("target_step"), pl.len().alias("n"))
+    return (
+        last.filter(pl.col("n") >= 2)
+        .join(steps, left_on=[c.USER_ID, "target_step"], right_on=[c.USER_ID, "step"])
+        .select(c.USER_ID, pl.lit("train").alias("role"), "target_step", pl.col("target_step").alias("history_end"),
+                c.ITEM_ID, c.BEHAVIORS, c.TIMESTAMP, pl.lit([], pl.List(pl.UInt32)).alias("dropped_steps"))
+        .sort(c.USER_ID)
+    )
+
+
+def build(steps: pl.DataFrame, examples: pl.DataFrame, max_len: int, allowed: pl.DataFrame | None = None) -> dict[str, np.ndarray]:
+    """Stack the examples' history windows into [N, max_len] arrays (plus targets and lengths).
+
+    ``allowed``: optional (user_id, step) pairs a history may use (train examples use train steps only).
+    """
+    n = examples.height
+    starts = steps.with_row_index("__row").group_by(c.USER_ID).agg(pl.col("__row").min().alias("__first"))
+    ex = examples.with_row_index("example").join(starts, on=c.USER_ID, how="left").sort("example")
+    lo = (pl.col("history_end").cast(pl.Int64) - max_len).clip(lower_bound=0)
+    rows = ex.select("example", c.USER_ID, pl.int_ranges(pl.col("__first").cast(pl.Int64) + lo,
+                                                          pl.col("__first").cast(pl.Int64) + pl.col("history_end")).alias("__row"))
+    rows = rows.explode("__row").drop_nulls("__row")
+    hist = steps.select("step", c.ITEM_ID, c.BEHAVIORS, c.TIMESTAMP, "session")[rows["__row"].cast(pl.UInt32)]
+    win = pl.concat([rows.select("example", c.USER_ID), hist], how="horizontal")
+    dropped = ex.select("example", pl.col("dropped_steps").alias("step")).explode("step").drop_nulls()
+    win = win.join(dropped, on=["example", "step"], how="anti", maintain_order="left")
+    if allowed is not None:
+        win = win.join(allowed, on=[c.USER_ID, "step"], how="semi", maintain_order="left")
+    win = win.with_columns(
+        ((pl.col(c.TIMESTAMP) - pl.col(c.TIMESTAMP).shift()).over("example") // 1000).fill_null(0).alias("gap"),
+        pl.len().over("example").alias("__len"), pl.int_range(pl.len()).over("example").alias("__i"),
+    )
+    example = win["example"].to_numpy()
+    col = (max_len - win["__len"].to_numpy() + win["__i"].to_numpy()).astype(np.int64)
+    out: dict[str, np.ndarray] = {}
+    for name, source, dtype, shift in (("items", c.ITEM_ID, np.int64, 1), ("behaviors", c.BEHAVIORS, np.int64, 0),
+                                       ("time_gaps", "gap", np.int64, 0), ("sessions", "session", np.int64, 1)):
+        arr = np.zeros((n, max_len), dtype=dtype)
+        arr[example, col] = win[source].fill_null(0).to_numpy().astype(dtype) + shift
+        out[name] = arr
+    out["lengths"] = np.bincount(example, minlength=n).astype(np.int64)
+    out["target_items"] = ex[c.ITEM_ID].to_numpy().astype(np.int64) + 1
+    out["target_behaviors"] = ex[c.BEHAVIORS].to_numpy().astype(np.int64)
+    out["user_ids"] = ex[c.USER_ID].to_numpy().astype(np.int64)
+    return out
+
+
+def to_frame(arrays: dict[str, np.ndarray], role: str) -> pl.DataFrame:
+    return pl.DataFrame({
+        c.USER_ID: pl.Series(arrays["user_ids"]).cast(pl.UInt32), "role": role,
+        **{name: pl.Series(name, arrays[name]) for name in ARRAYS},
+        "length": pl.Series(arrays["lengths"]).cast(pl.UInt32),
+        "target_item": pl.Series(arrays["target_items"]).cast(pl.UInt32),
+        "target_behaviors": pl.Series(arrays["target_behaviors"]).cast(pl.UInt16),
+    })
+
+
+def load(path: Path) -> dict[str, np.ndarray]:
+    """Arrays of one ``<role>.npz`` file; wrap with ``torch.from_numpy`` for a tensor Dataset."""
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}

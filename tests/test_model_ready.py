@@ -1,0 +1,50 @@
+"""Model-ready sequences on the hand-worked 4-user example."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from pipelines.sequences import model_ready, splits
+from pipelines.sequences.leakage import apply_filter, find_leaks
+from schemas import columns as c
+from test_sequences_splits_leakage import BUY, CART, PV, make_steps
+
+
+def test_test_histories_are_left_padded_and_skip_leaking_steps(registry):
+    cfg = registry.get("taobao")
+    steps = make_steps()
+    ex = splits.leave_one_out(steps, cfg).examples
+    filtered = apply_filter(ex, find_leaks(steps, ex, cfg, "all", 4), "all")
+    arrays = model_ready.build(steps, filtered, max_len=4)
+    # user 3 test (target K=7 at step 7): window steps 3..6 = M pv, M buy, K pv (leak, dropped), N pv
+    i = 5
+    assert arrays["items"][i].tolist() == [0, 9 + 1, 9 + 1, 10 + 1]  # items M=9, M=9, N=10, shifted by one
+    assert arrays["behaviors"][i].tolist() == [0, PV, BUY, PV]
+    assert arrays["lengths"][i] == 3 and arrays["target_items"][i] == 7 + 1 and arrays["target_behaviors"][i] == BUY
+    # time gaps in seconds between kept steps (steps are 1e6 ms apart; step 5 dropped -> 2000 s)
+    assert arrays["time_gaps"][i].tolist() == [0, 0, 1000, 2000]
+    # user 0 valid: history = step 0 only, and it leaks -> empty history
+    assert arrays["lengths"][0] == 0 and arrays["items"][0].tolist() == [0, 0, 0, 0]
+
+
+def test_training_examples_use_train_steps_only(registry):
+    cfg = registry.get("taobao")
+    steps = make_steps()
+    split = splits.leave_one_out(steps, cfg)
+    train = model_ready.training_examples(steps, split.roles)
+    assert train.select(c.USER_ID, "target_step").rows() == [(2, 1), (3, 3)]  # user 0 has one train step
+    arrays = model_ready.build(steps, train, max_len=5, allowed=split.roles.filter(pl.col("role") == "train").select(c.USER_ID, "step"))
+    assert arrays["items"].tolist() == [[0, 0, 0, 0, 4 + 1], [0, 0, 7 + 1, 8 + 1, 7 + 1]]
+    assert arrays["behaviors"][1].tolist() == [0, 0, PV, PV, CART]
+    frame = model_ready.to_frame(arrays, "train")
+    assert frame.schema["items"] == pl.Array(pl.Int64, 5) and frame["length"].to_list() == [1, 3]
+
+
+def test_npz_round_trip(tmp_path, registry):
+    steps = make_steps()
+    ex = splits.leave_one_out(steps, registry.get("taobao")).examples
+    arrays = model_ready.build(steps, apply_filter(ex, find_leaks(steps, ex, registry.get("taobao"), "off", 50), "off"), 50)
+    np.savez(tmp_path / "test.npz", **arrays)
+    back = model_ready.load(tmp_path / "test.npz")
+    assert set(back) == set(arrays) and all(np.array_equal(back[k], arrays[k]) for k in arrays)
