@@ -52,7 +52,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO
@@ -69,6 +69,8 @@ FORMATS: tuple[str, ...] = ("taobao", "tmall", "retailrocket", "kuaisar", "tenre
 CHUNK_USERS = 20_000
 #: Items per chunk when writing item side files.
 CHUNK_ITEMS = 200_000
+#: RetailRocket events are time-sorted through on-disk buckets of about this many expected rows.
+RR_BUCKET_ROWS = 3_000_000
 
 _CN = timezone(timedelta(hours=8))  # China / Beijing time
 
@@ -512,7 +514,13 @@ def _chunks(n: int, size: int) -> Iterator[tuple[int, int, int]]:
 
 
 def _str_col(codes: np.ndarray, labels: list[str]) -> pl.Series:
+    """Strings from small integer codes, without a Python loop over rows."""
     return pl.Series(labels, dtype=pl.String).gather(codes)
+
+
+def _null_where(values: np.ndarray, mask: np.ndarray) -> pl.Series:
+    """An Int64 series with nulls (written as empty CSV fields) where mask is true."""
+    return pl.Series(values, dtype=pl.Int64).set(pl.Series(mask), None)
 
 
 # ---------------------------------------------------------------------------- taobao
@@ -581,7 +589,7 @@ def _tmall_chunk(world: _World, spec: SyntheticSpec, ci: int, u0: int, u1: int,
         "item_id": _spread(item, spec.items, spec, 1),
         "cat_id": _spread(world.item_cat[item], world.n_cats, spec, 2, factor=40),
         "seller_id": side[0][item],
-        "brand_id": pl.Series(brand).set(pl.Series(brand < 0), None) if (brand < 0).any() else pl.Series(brand),
+        "brand_id": _null_where(brand, brand < 0),
         "time_stamp": _mmdd(np.floor(ev.time[order]).astype(np.int64), 8 * 3600),
         "action_type": action,
     })
@@ -612,13 +620,12 @@ def _retailrocket_chunk(world: _World, spec: SyntheticSpec, ci: int, u0: int, u1
 
 
 def _rr_frame(rec: np.ndarray) -> pl.DataFrame:
-    tid = pl.Series("transactionid", rec["tid"])
     return pl.DataFrame({
         "timestamp": rec["ts"],
         "visitorid": rec["visitor"],
         "event": _str_col(rec["event"], _RR_EVENTS),
         "itemid": rec["item"],
-        "transactionid": tid.set(tid < 0, None),
+        "transactionid": _null_where(rec["tid"], rec["tid"] < 0),
     })
 
 
@@ -633,7 +640,7 @@ def _rr_side_files(world: _World, spec: SyntheticSpec, files: _AtomicFiles) -> N
     files.write("category_tree.csv", tree[perm])
     # Weekly snapshots (Sundays 03:00 UTC), as the real property files have.
     snap0 = int(datetime(2015, 5, 10, 3, tzinfo=timezone.utc).timestamp()) * 1000
-    n_snaps = 19
+    n_snaps, week_ms = 19, 7 * 86400 * 1000
     half = (spec.items + 1) // 2
     for part, (lo_all, hi_all) in enumerate(((0, half), (half, spec.items))):
         name = f"item_properties_part{part + 1}.csv"
@@ -643,13 +650,13 @@ def _rr_side_files(world: _World, spec: SyntheticSpec, files: _AtomicFiles) -> N
             n = len(idx)
             raw = _spread(idx, spec.items, spec, 1) - 1
             snap = rng.integers(0, 6, n)
-            ts = snap0 + snap * 7 * 86400 * 1000
+            ts = snap0 + snap * week_ms
             avail = (rng.random(n) < 0.7).astype(np.int64)
             price = (np.exp(rng.normal(8.0, 1.0, n)) // 120 * 120 + 120).astype(np.int64)
             topic = world.item_topic[idx]
             tok = 100_000 + topic[:, None] * 5000 + rng.integers(0, 300, (n, 2))
             again = np.flatnonzero(rng.random(n) < 0.25)  # availability changes later for some items
-            later = snap0 + rng.integers(snap[again] + 1, n_snaps) * 7 * 86400 * 1000 if len(again) else np.zeros(0, np.int64)
+            later = snap0 + rng.integers(snap[again] + 1, n_snaps) * week_ms
             frames = [
                 pl.DataFrame({"timestamp": ts, "itemid": raw, "property": "categoryid",
                               "value": pl.Series(node_raw[t_n + world.item_cat[idx]]).cast(pl.String)}),
@@ -660,7 +667,7 @@ def _rr_side_files(world: _World, spec: SyntheticSpec, files: _AtomicFiles) -> N
                     pl.format("n{}.000", pl.col("value")).alias("value")),
                 pl.DataFrame({"timestamp": ts, "itemid": raw, "property": "888",
                               "value": pl.Series(tok[:, 0]).cast(pl.String) + " " + pl.Series(tok[:, 1]).cast(pl.String)}),
-                pl.DataFrame({"timestamp": np.asarray(later, dtype=np.int64), "itemid": raw[again], "property": "available",
+                pl.DataFrame({"timestamp": later, "itemid": raw[again], "property": "available",
                               "value": pl.Series(1 - avail[again]).cast(pl.String)}),
             ]
             df = pl.concat(frames)
@@ -668,14 +675,15 @@ def _rr_side_files(world: _World, spec: SyntheticSpec, files: _AtomicFiles) -> N
 
 
 # ---------------------------------------------------------------------------- kuaisar
-def _kuaisar_chunk(world: _World, spec: SyntheticSpec, ci: int, u0: int, u1: int) -> dict[str, pl.DataFrame]:
+def _kuaisar_chunk(world: _World, spec: SyntheticSpec, ci: int, u0: int, u1: int,
+                   durations: np.ndarray) -> dict[str, pl.DataFrame]:
     rng = _chunk_rng(spec, "kuaisar", _STREAM_EVENTS, ci)
     s = _simulate_slots(world, spec, rng, u1 - u0, KUAISAR_WINDOW, _FLAG_MODE)
     f = _flags(spec, rng, s)
     total = len(s.time)
     search = f["click"] & (rng.random(total) < 0.015)
     related = search & (rng.random(total) < 0.4)
-    duration = _kuaisar_duration(s.item, spec)
+    duration = durations[s.item]
     frac = np.where(f["click"], rng.beta(2.0, 1.5, total) * np.where(rng.random(total) < 0.1, 2.0, 1.0),
                     np.minimum(rng.exponential(0.05, total), 0.3))
     playing = np.floor(duration * frac)
@@ -698,28 +706,10 @@ def _kuaisar_chunk(world: _World, spec: SyntheticSpec, ci: int, u0: int, u1: int
     return {"rec_inter.csv": df}
 
 
-def _kuaisar_duration(item: np.ndarray, spec: SyntheticSpec) -> np.ndarray:
-    """Video length in ms, a fixed function of the item (seeded hash -> lognormal-ish)."""
-    h = ((item.astype(np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15) ^ np.uint64(spec.seed & 0xFFFF)) >> np.uint64(11)
-    u = (h.astype(np.float64) + 0.5) / float(1 << 53)
-    return np.clip(np.floor(np.exp(10.1 + 1.0 * np.sqrt(2.0) * _erfinv(2.0 * u - 1.0))), 3000, 600_000)
-
-
-def _erfinv(x: np.ndarray) -> np.ndarray:
-    """Inverse error function (Giles 2010 single-precision approximation; plenty for durations)."""
-    w = -np.log((1.0 - x) * (1.0 + x))
-    small = w < 5.0
-    ws = w - 2.5
-    p1 = 2.81022636e-08
-    for c in (3.43273939e-07, -3.5233877e-06, -4.39150654e-06, 0.00021858087, -0.00125372503,
-              -0.00417768164, 0.246640727, 1.50140941):
-        p1 = c + p1 * ws
-    wl = np.sqrt(np.maximum(w, 5.0)) - 3.0
-    p2 = -0.000200214257
-    for c in (0.000100950558, 0.00134934322, -0.00367342844, 0.00573950773, -0.0076224613,
-              0.00943887047, 1.00167406, 2.83297682):
-        p2 = c + p2 * wl
-    return np.where(small, p1, p2) * x
+def _kuaisar_durations(spec: SyntheticSpec, n_items: int) -> np.ndarray:
+    """Video length per item in ms: lognormal (median ~24 s), clipped to 3 s .. 10 min."""
+    rng = _world_rng(spec, 11)
+    return np.clip(np.floor(np.exp(rng.normal(10.1, 1.0, n_items))), 3000, 600_000)
 
 
 def _kuaisar_items(world: _World, spec: SyntheticSpec, files: _AtomicFiles) -> None:
@@ -731,7 +721,7 @@ def _kuaisar_items(world: _World, spec: SyntheticSpec, files: _AtomicFiles) -> N
         n = len(idx)
         topic = world.item_topic[idx]
         cat = world.item_cat[idx]
-        # Caption: token ids from the topic's range (Zipf inside it) plus some shared tokens.
+        # Caption: token ids from the topic's own range (skewed to its first ids) plus some shared ones.
         length = 3 + rng.poisson(6.0, n)
         offsets = np.r_[0, np.cumsum(length)]
         tok_topic = np.repeat(topic, length)
@@ -875,7 +865,8 @@ def _event_chunk_fn(fmt: str, world: _World, spec: SyntheticSpec) -> Callable[[i
     if fmt == "retailrocket":
         return lambda ci, u0, u1: _retailrocket_chunk(world, spec, ci, u0, u1)
     if fmt == "kuaisar":
-        return lambda ci, u0, u1: _kuaisar_chunk(world, spec, ci, u0, u1)
+        durations = _kuaisar_durations(spec, spec.items)
+        return lambda ci, u0, u1: _kuaisar_chunk(world, spec, ci, u0, u1, durations)
     if fmt == "tenrec":
         return lambda ci, u0, u1: _tenrec_chunk(world, spec, ci, u0, u1)
     return lambda ci, u0, u1: _splits_chunk(world, spec, ci, u0, u1)
@@ -949,7 +940,7 @@ def _write_retailrocket_events(gen: Callable[[int, int, int], object], spec: Syn
     """
     tmp.mkdir(parents=True, exist_ok=True)
     w0, w1 = (x * 1000.0 for x in RETAILROCKET_WINDOW)
-    n_buckets = int(min(256, max(1, math.ceil(spec.users * spec.events_per_user / 3e6))))
+    n_buckets = int(min(256, max(1, math.ceil(spec.users * spec.events_per_user / RR_BUCKET_ROWS))))
     handles = [open(tmp / f"{b:04d}.bin", "wb") for b in range(n_buckets)]  # noqa: SIM115
     rows = 0
     try:

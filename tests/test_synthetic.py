@@ -382,3 +382,17 @@ def test_any_small_spec_writes_valid_output(tmp_path_factory: pytest.TempPathFac
     else:
         test, valid = _splits(d, "test.txt"), _splits(d, "valid.txt")
         assert test["user"].to_list() == valid["user"].to_list() == sorted(set(test["user"]))
+
+
+def test_chunked_output_keeps_order_and_bucket_sort_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipelines.synthetic as syn
+
+    monkeypatch.setattr(syn, "CHUNK_USERS", 64)  # many chunks on a small spec
+    spec = SyntheticSpec(users=300, items=500, seed=11)
+    df = _taobao(Path(write_synthetic("taobao", tmp_path / "t", spec)[0].parent))
+    assert (df["user_id"].diff().drop_nulls() >= 0).all() and df["user_id"].n_unique() == 300
+    one = write_synthetic("retailrocket", tmp_path / "one", spec)[0].read_bytes()
+    monkeypatch.setattr(syn, "RR_BUCKET_ROWS", 1_000)  # ~18 on-disk time buckets
+    many = write_synthetic("retailrocket", tmp_path / "many", spec)
+    assert many[0].read_bytes() == one
+    assert not [p for p in (tmp_path / "many").iterdir() if p.name.startswith(".")]
