@@ -31,8 +31,12 @@ def resolve_raw_source(
                          _describe(paths.raw_dir, cfg, hash_limit_bytes))
     from pipelines.synthetic import SyntheticSpec, write_synthetic
 
+    import pipelines.synthetic as generator
+
     spec = SyntheticSpec(**cfg.synthetic.model_dump())
-    spec_json = json.dumps({"format": cfg.format, **cfg.synthetic.model_dump()}, sort_keys=True)
+    # the cache key includes a hash of the generator's source: a changed generator regenerates
+    code = hashlib.sha256(Path(generator.__file__).read_bytes()).hexdigest()[:16]
+    spec_json = json.dumps({"format": cfg.format, "generator": code, **cfg.synthetic.model_dump()}, sort_keys=True)
     marker = paths.generated_dir / SPEC_FILE
     cached = marker.is_file() and marker.read_text() == spec_json and all(
         (paths.generated_dir / f).is_file() for f in cfg.all_file_names

@@ -101,3 +101,23 @@ def test_blocking_check_fails_the_run_when_ingest_writes_a_violation(tmp_path, m
     assert set(failed) == {"canonical_events_contract"}
     assert "event_order" in failed["canonical_events_contract"].metadata["message"].value
     assert failed["canonical_events_contract"].blocking
+
+
+def test_generated_data_is_cached_by_spec_and_generator_version(tmp_path, registry, monkeypatch):
+    from pipelines.sources import SPEC_FILE, resolve_raw_source
+    from pipelines.storage import DatasetPaths
+
+    cfg = registry.get("blade_qk_video")
+    paths = DatasetPaths(tmp_path, cfg.name)
+    first = resolve_raw_source(cfg, paths, log=lambda _: None)
+    assert first.kind == "synthetic" and (paths.generated_dir / SPEC_FILE).is_file()
+    stamp = (paths.generated_dir / "train.txt").stat().st_mtime_ns
+    resolve_raw_source(cfg, paths, log=lambda _: None)
+    assert (paths.generated_dir / "train.txt").stat().st_mtime_ns == stamp  # reused
+    marker = paths.generated_dir / SPEC_FILE
+    marker.write_text(marker.read_text().replace('"generator": "', '"generator": "old'))
+    resolve_raw_source(cfg, paths, log=lambda _: None)
+    assert (paths.generated_dir / "train.txt").stat().st_mtime_ns != stamp  # a changed generator regenerates
+    (paths.raw_dir).mkdir(parents=True)
+    (paths.raw_dir / "train.txt").write_text("1,2,1,0,0,0\n")
+    assert resolve_raw_source(cfg, paths, log=lambda _: None).kind == "raw"
