@@ -50,12 +50,15 @@ def time_ordered(events: pl.DataFrame) -> pl.DataFrame:
     ).item()
     if not in_file_order:
         events = events.sort(c.USER_ID, c.EVENT_ORDER)
-    if events[c.TIMESTAMP].null_count() == events.height:
+    ts = events[c.TIMESTAMP]
+    if ts.null_count() == events.height:
         ordered = events
     else:
-        rank = events[c.TIMESTAMP].rank("dense").cast(pl.UInt64)
-        key = events[c.USER_ID].cast(pl.UInt64) * (1 << 32) + rank
-        ordered = events.with_columns(key.alias("__key")).sort("__key", maintain_order=True).drop("__key")
+        lo, hi = ts.min(), ts.max()
+        # a direct offset when the time range fits 32 bits (9 days of ms does), else a dense rank
+        offset = (ts - lo).cast(pl.UInt64) if hi - lo < (1 << 32) else ts.rank("dense").cast(pl.UInt64)
+        key = events[c.USER_ID].cast(pl.UInt64) * (1 << 32) + offset
+        ordered = events[np.argsort(key.to_numpy(), kind="stable")]
     return ordered.with_row_index(POS)
 
 
@@ -109,46 +112,73 @@ def behavior_steps(events: pl.DataFrame, cfg: DatasetConfig, opts: SequenceOptio
     Returns one row per step, in sequence order: user_id, step (0-based per user), item_id,
     behaviors (bitmask OR of the merged events), timestamp (first or last merged event's),
     event_order (the step's first event's), n_events.
+
+    Events are arranged so each step's events are contiguous; the steps are then reduced with
+    numpy (``bitwise_or.reduceat`` over the runs) instead of a group-by, and put back in sequence
+    order by their first event's position.
     """
     ev = time_ordered(events)
     rule = opts.merge_rule
-    if rule != "none" and cfg.time.unit == "none" and rule in ("same_timestamp", "window"):
+    if cfg.time.unit == "none" and rule in ("same_timestamp", "window"):
         rule = "none"  # no time: only file order exists; a rule on time cannot merge anything
     if rule == "none":
-        step_of = pl.col(POS)
-    elif rule == "consecutive":
-        change = (pl.col(c.ITEM_ID) != pl.col(c.ITEM_ID).shift()) | (pl.col(c.USER_ID) != pl.col(c.USER_ID).shift())
-        step_of = change.fill_null(True).cum_sum()
-    else:
-        # order by (user, item) keeping time order inside, then cut where the rule says a new step begins
-        pair = pl.col(c.USER_ID).cast(pl.UInt64) * (1 << 32) + pl.col(c.ITEM_ID).cast(pl.UInt64)
-        ev = ev.with_columns(pair.alias("__pair")).sort("__pair", maintain_order=True)
-        new_pair = pl.col("__pair") != pl.col("__pair").shift()
-        if rule == "same_timestamp":
-            cut = new_pair | (pl.col(c.TIMESTAMP) != pl.col(c.TIMESTAMP).shift())
-        else:
-            gap = pl.col(c.TIMESTAMP) - pl.col(c.TIMESTAMP).shift()
-            cut = new_pair | (gap > int(opts.merge_window_seconds * 1000))
-        step_of = cut.fill_null(True).cum_sum()
-    ev = ev.with_columns(step_of.alias("__step"))
-    time_pick = pl.col(c.TIMESTAMP).first() if opts.step_time == "first" else pl.col(c.TIMESTAMP).last()
-    steps = (
-        ev.group_by("__step", maintain_order=True)
-        .agg(
-            pl.col(c.USER_ID).first(),
-            pl.col(c.ITEM_ID).first(),
-            pl.col(c.BEHAVIORS).bitwise_or().cast(pl.UInt16),
-            time_pick,
-            pl.col(c.EVENT_ORDER).first(),
-            pl.col(POS).first().alias(POS),
-            pl.len().cast(pl.UInt32).alias("n_events"),
-        )
-        .sort(POS)
-        .drop("__step", POS)
-    )
-    return steps.with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).over(c.USER_ID).alias("step")).select(
-        c.USER_ID, "step", c.ITEM_ID, c.BEHAVIORS, c.TIMESTAMP, c.EVENT_ORDER, "n_events"
-    )
+        return _steps_from_runs(ev, np.ones(ev.height, dtype=bool), opts)
+    user = ev[c.USER_ID].to_numpy()
+    item = ev[c.ITEM_ID].to_numpy()
+    if rule == "consecutive":
+        start = np.ones(ev.height, dtype=bool)
+        start[1:] = (item[1:] != item[:-1]) | (user[1:] != user[:-1])
+        return _steps_from_runs(ev, start, opts)
+    ts = ev[c.TIMESTAMP].to_numpy()
+    if rule == "same_timestamp":
+        # only rows sharing (user, timestamp) with another row can merge; reorder just those by item
+        # inside their (user, timestamp) block (blocks are contiguous in time order)
+        tie = (user[1:] == user[:-1]) & (ts[1:] == ts[:-1])
+        block = np.cumsum(np.r_[True, ~tie])
+        in_tie = np.zeros(ev.height, dtype=bool)
+        in_tie[1:] |= tie
+        in_tie[:-1] |= tie
+        idx = np.flatnonzero(in_tie)
+        order = np.arange(ev.height)
+        if idx.size:
+            sub = (block[idx].astype(np.uint64) << np.uint64(32)) | item[idx].astype(np.uint64)
+            order[idx] = idx[np.argsort(sub, kind="stable")]
+            ev, block, item = ev[order], block[order], item[order]
+        start = np.ones(ev.height, dtype=bool)
+        start[1:] = (block[1:] != block[:-1]) | (item[1:] != item[:-1])
+        return _steps_from_runs(ev, start, opts)
+    # window: chains of events on one item, each within the window of the previous one
+    key = user.astype(np.uint64) << np.uint64(32) | item.astype(np.uint64)
+    order = np.argsort(key, kind="stable")  # time order kept inside each (user, item)
+    ev, k, t = ev[order], key[order], ts[order]
+    start = np.ones(ev.height, dtype=bool)
+    start[1:] = (k[1:] != k[:-1]) | ((t[1:] - t[:-1]) > int(opts.merge_window_seconds * 1000))
+    return _steps_from_runs(ev, start, opts)
+
+
+def _steps_from_runs(ev: pl.DataFrame, start: np.ndarray, opts: SequenceOptions) -> pl.DataFrame:
+    """Reduce contiguous runs (``start`` marks each run's first row) to steps in sequence order."""
+    first = np.flatnonzero(start)
+    last = np.r_[first[1:], ev.height] - 1
+    behaviors = np.bitwise_or.reduceat(ev[c.BEHAVIORS].to_numpy(), first) if ev.height else np.zeros(0, np.uint16)
+    pos = ev[POS].to_numpy()
+    first_pos = np.minimum.reduceat(pos, first) if ev.height else pos  # runs keep time order: min = first
+    time_rows = first if opts.step_time == "first" else last
+    steps = pl.DataFrame({
+        c.USER_ID: ev[c.USER_ID].gather(first),
+        c.ITEM_ID: ev[c.ITEM_ID].gather(first),
+        c.BEHAVIORS: pl.Series(behaviors, dtype=pl.UInt16),
+        c.TIMESTAMP: ev[c.TIMESTAMP].gather(time_rows),
+        c.EVENT_ORDER: ev[c.EVENT_ORDER].gather(first),
+        "n_events": pl.Series((last - first + 1).astype(np.uint32)),
+        POS: first_pos,
+    }).sort(POS).drop(POS)
+    users = steps[c.USER_ID].to_numpy()
+    new_user = np.r_[True, users[1:] != users[:-1]] if len(users) else np.zeros(0, bool)
+    run_start = np.maximum.accumulate(np.where(new_user, np.arange(len(users)), 0)) if len(users) else users
+    step = (np.arange(len(users)) - run_start).astype(np.uint32)
+    return steps.with_columns(pl.Series("step", step)).select(
+        c.USER_ID, "step", c.ITEM_ID, c.BEHAVIORS, c.TIMESTAMP, c.EVENT_ORDER, "n_events")
 
 
 def with_sessions(steps: pl.DataFrame, gap_minutes: float) -> pl.DataFrame:
@@ -156,6 +186,14 @@ def with_sessions(steps: pl.DataFrame, gap_minutes: float) -> pl.DataFrame:
 
     Without timestamps (Tenrec, split releases) every user has one session.
     """
-    gap = pl.col(c.TIMESTAMP) - pl.col(c.TIMESTAMP).shift().over(c.USER_ID)
-    new = (gap > int(gap_minutes * 60_000)).fill_null(False)
-    return steps.with_columns(new.cast(pl.UInt32).cum_sum().over(c.USER_ID).alias("session"))
+    user = steps[c.USER_ID].to_numpy()
+    n = len(user)
+    new_user = np.r_[True, user[1:] != user[:-1]] if n else np.zeros(0, bool)
+    if steps[c.TIMESTAMP].null_count() == n:
+        new_session = np.zeros(n, dtype=bool)
+    else:
+        ts = steps[c.TIMESTAMP].to_numpy()
+        new_session = np.r_[False, (ts[1:] - ts[:-1]) > int(gap_minutes * 60_000)] & ~new_user
+    count = np.cumsum(new_session)
+    at_user_start = np.maximum.accumulate(np.where(new_user, count, 0)) if n else count
+    return steps.with_columns(pl.Series("session", (count - at_user_start).astype(np.uint32)))
