@@ -114,3 +114,73 @@ class StagedOutputs:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
+
+
+class ParquetAppender:
+    """Append frames to one parquet file as row groups; the file appears (atomically) on close.
+
+    >>> with ParquetAppender(path) as out:
+    ...     for shard in shards:
+    ...         out.write(frame_of(shard))
+    A failure inside the block leaves no file and keeps any previous one.
+    """
+
+    def __init__(self, path: Path, metadata: dict[str, str] | None = None, row_group_size: int = 1 << 20) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        self.metadata = metadata or {}
+        self.row_group_size = row_group_size
+        self.rows = 0
+        self._writer = None
+        self._empty: pl.DataFrame | None = None
+
+    def __enter__(self) -> "ParquetAppender":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def write(self, frame: pl.DataFrame) -> None:
+        import pyarrow.parquet as pq
+
+        if frame.height == 0:
+            self._empty = frame if self._empty is None else self._empty
+            return
+        table = frame.to_arrow()
+        if self._writer is None:
+            schema = table.schema.with_metadata({k.encode(): v.encode() for k, v in self.metadata.items()})
+            self._writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+        self._writer.write_table(table.cast(self._writer.schema), row_group_size=self.row_group_size)
+        self.rows += frame.height
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if self._writer is not None:
+                self._writer.close()
+            if exc_type is None:
+                if self._writer is None:  # nothing written: an empty file with the schema, if known
+                    (self._empty if self._empty is not None else pl.DataFrame()).write_parquet(self.tmp)
+                os.replace(self.tmp, self.path)
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def user_shards(path: Path, rows_per_shard: int) -> list[tuple[int, int]]:
+    """Consecutive dense-user-id ranges [lo, hi) holding about ``rows_per_shard`` rows each.
+
+    The table must be ordered by user_id (every table of this pipeline is), so each range is a
+    contiguous block of row groups and a shard never needs another shard's rows.
+    """
+    counts = (pl.scan_parquet(path).group_by("user_id").len().sort("user_id")
+              .collect(engine="streaming"))
+    if counts.is_empty():
+        return []
+    users = counts["user_id"].to_numpy().astype("int64")
+    shard_of = (counts["len"].cum_sum().to_numpy() - 1) // max(1, rows_per_shard)
+    bounds = [int(users[0])] + [int(users[i]) for i in range(1, len(users)) if shard_of[i] != shard_of[i - 1]]
+    return list(zip(bounds, bounds[1:] + [int(users[-1]) + 1], strict=True))
+
+
+def read_user_range(path: Path, lo: int, hi: int, columns: list[str] | None = None) -> pl.DataFrame:
+    lf = pl.scan_parquet(path)
+    if columns:
+        lf = lf.select(columns)
+    return lf.filter((pl.col("user_id") >= lo) & (pl.col("user_id") < hi)).collect()

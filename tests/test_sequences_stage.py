@@ -33,3 +33,31 @@ def test_generated_default_shows_a_clear_leak_and_filtering_removes_it(taobao):
     assert before["share_in_last_k"] > 0.3 and before["recent_hr"] > 0.3
     assert after["share_in_last_k"] < 0.15 and after["recent_hr"] < before["recent_hr"] / 3
     assert (paths.stage_dir("leakage") / "leakage_audit.md").read_text().startswith("# Leakage audit: taobao")
+
+
+def test_many_shards_give_the_same_tables_as_one(taobao, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from pipelines.sequences.stage import materialize_model_ready
+
+    cfg, paths = taobao
+    many = DatasetPaths(tmp_path, "taobao")
+    shutil.copytree(paths.stage_dir("ingest"), many.stage_dir("ingest"))
+    for p, shard_rows in ((paths, 10**9), (many, 7_000)):
+        materialize_steps(cfg, p, log=lambda _: None, rows_per_shard=shard_rows)
+        for protocol in ("leave_one_out", "temporal"):
+            materialize_split(cfg, p, protocol, log=lambda _: None, rows_per_shard=shard_rows)
+        materialize_model_ready(cfg, p, log=lambda _: None, rows_per_shard=shard_rows)
+    one_steps = pl.read_parquet(paths.stage_dir("sequences") / "steps.parquet")
+    assert one_steps.equals(pl.read_parquet(many.stage_dir("sequences") / "steps.parquet"))
+    for protocol in ("leave_one_out", "temporal"):
+        for f in ("roles", "examples", "examples_unfiltered"):
+            a = pl.read_parquet(paths.stage_dir("splits") / protocol / f"{f}.parquet")
+            b = pl.read_parquet(many.stage_dir("splits") / protocol / f"{f}.parquet")
+            assert a.equals(b), (protocol, f)
+        for role in ("train", "valid", "test"):
+            with np.load(paths.stage_dir("model_ready") / protocol / f"{role}.npz") as x, \
+                    np.load(many.stage_dir("model_ready") / protocol / f"{role}.npz") as y:
+                assert all(np.array_equal(x[k], y[k]) for k in x.files)

@@ -22,7 +22,11 @@ ARRAYS = ("items", "behaviors", "time_gaps", "sessions")
 
 
 def training_examples(steps: pl.DataFrame, roles: pl.DataFrame) -> pl.DataFrame:
-    """One example per user with at least two train steps: target = last train step."""
+    """One example per user with at least two train steps: target = last train step.
+
+    In every protocol a user's train steps are a prefix of the sequence, so the history
+    [0, target_step) holds train steps only.
+    """
     train = steps.join(roles.filter(pl.col("role") == "train"), on=[c.USER_ID, "step"]).sort(c.USER_ID, "step")
     last = train.group_by(c.USER_ID).agg(pl.col("step").last().alias("target_step"), pl.len().alias("n"))
     return (
@@ -49,22 +53,28 @@ def build(steps: pl.DataFrame, examples: pl.DataFrame, max_len: int, allowed: pl
     hist = steps.select("step", c.ITEM_ID, c.BEHAVIORS, c.TIMESTAMP, "session")[rows["__row"].cast(pl.UInt32)]
     win = pl.concat([rows.select("example", c.USER_ID), hist], how="horizontal")
     dropped = ex.select("example", pl.col("dropped_steps").alias("step")).explode("step").drop_nulls()
-    win = win.join(dropped, on=["example", "step"], how="anti", maintain_order="left")
+    if dropped.height:
+        win = win.join(dropped, on=["example", "step"], how="anti", maintain_order="left")
     if allowed is not None:
         win = win.join(allowed, on=[c.USER_ID, "step"], how="semi", maintain_order="left")
-    win = win.with_columns(
-        ((pl.col(c.TIMESTAMP) - pl.col(c.TIMESTAMP).shift()).over("example") // 1000).fill_null(0).alias("gap"),
-        pl.len().over("example").alias("__len"), pl.int_range(pl.len()).over("example").alias("__i"),
-    )
-    example = win["example"].to_numpy()
-    col = (max_len - win["__len"].to_numpy() + win["__i"].to_numpy()).astype(np.int64)
+    # rows are grouped by example (contiguous, in step order): positions and gaps with numpy
+    example = win["example"].to_numpy().astype(np.int64)
+    lengths = np.bincount(example, minlength=n)
+    first = np.r_[0, np.cumsum(lengths)[:-1]]
+    col = max_len - lengths[example] + (np.arange(len(example)) - first[example])
+    ts = win[c.TIMESTAMP].fill_null(0).to_numpy()
+    gap = np.zeros(len(ts), dtype=np.int64)
+    if len(ts) > 1:
+        same = example[1:] == example[:-1]
+        gap[1:] = np.where(same, (ts[1:] - ts[:-1]) // 1000, 0)
+    win = win.with_columns(pl.Series("gap", gap))
     out: dict[str, np.ndarray] = {}
     for name, source, dtype, shift in (("items", c.ITEM_ID, np.int64, 1), ("behaviors", c.BEHAVIORS, np.int64, 0),
                                        ("time_gaps", "gap", np.int64, 0), ("sessions", "session", np.int64, 1)):
         arr = np.zeros((n, max_len), dtype=dtype)
         arr[example, col] = win[source].fill_null(0).to_numpy().astype(dtype) + shift
         out[name] = arr
-    out["lengths"] = np.bincount(example, minlength=n).astype(np.int64)
+    out["lengths"] = lengths.astype(np.int64)
     out["target_items"] = ex[c.ITEM_ID].to_numpy().astype(np.int64) + 1
     out["target_behaviors"] = ex[c.BEHAVIORS].to_numpy().astype(np.int64)
     out["user_ids"] = ex[c.USER_ID].to_numpy().astype(np.int64)

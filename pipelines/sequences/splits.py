@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from pipelines.registry import DatasetConfig
@@ -51,31 +52,45 @@ def mask_of(cfg: DatasetConfig, names: list[str]) -> int:
 
 
 def _two_last(steps: pl.DataFrame, is_target: pl.Expr, protocol: str) -> Split:
-    """Shared by leave_one_out and eidp: last target step = test, previous target step = valid."""
-    marked = steps.with_columns(is_target.alias("__t"))
+    """Shared by leave_one_out and eidp: last target step = test, previous target step = valid.
+
+    Steps are contiguous per user and user ids are dense, so per-user values broadcast to rows by
+    numpy indexing instead of joins.
+    """
+    targets = steps.select(c.USER_ID, "step", is_target.alias("__t")).filter(pl.col("__t"))
     last2 = (
-        marked.filter(pl.col("__t"))
-        .group_by(c.USER_ID)
+        targets.group_by(c.USER_ID)
         .agg(pl.col("step").tail(2).alias("__s"))
         .filter(pl.col("__s").list.len() == 2)
-        .select(c.USER_ID, pl.col("__s").list.get(0).alias("__valid"), pl.col("__s").list.get(1).alias("__test"))
+        .select(c.USER_ID, pl.col("__s").list.get(0).alias("valid"), pl.col("__s").list.get(1).alias("test"))
     )
-    joined = marked.join(last2, on=c.USER_ID, how="left", maintain_order="left")
-    role = (
-        pl.when(pl.col("__test").is_null()).then(pl.lit("excluded"))
-        .when(pl.col("step") < pl.col("__valid")).then(pl.lit("train"))
-        .when(pl.col("step") == pl.col("__valid")).then(pl.lit("valid"))
-        .when(pl.col("step") < pl.col("__test")).then(pl.lit("between"))
-        .when(pl.col("step") == pl.col("__test")).then(pl.lit("test"))
-        .otherwise(pl.lit("excluded"))
-    )
-    roles = joined.select(c.USER_ID, "step", role.alias("role"))
-    examples = _examples(steps, roles.filter(pl.col("role").is_in(["valid", "test"])), history_end=pl.col("step"))
-    users_excluded = steps[c.USER_ID].n_unique() - last2.height
-    return Split(protocol, roles, examples, users_excluded)
+    user = steps[c.USER_ID].to_numpy()
+    step = steps["step"].to_numpy().astype(np.int64)
+    size = int(user.max()) + 1 if len(user) else 0
+    valid_of = np.full(size, -1, dtype=np.int64)
+    test_of = np.full(size, -1, dtype=np.int64)
+    valid_of[last2[c.USER_ID].to_numpy()] = last2["valid"].to_numpy()
+    test_of[last2[c.USER_ID].to_numpy()] = last2["test"].to_numpy()
+    v, t = valid_of[user], test_of[user]
+    code = np.select([t < 0, step < v, step == v, step < t, step == t], [4, 0, 1, 2, 3], default=4)
+    roles = steps.select(c.USER_ID, "step").with_columns(
+        pl.Series("role", np.array(ROLES, dtype=object)[code], dtype=pl.String))
+    picked = np.flatnonzero((code == 1) | (code == 3))
+    examples = _examples_at(steps, picked, np.where(code[picked] == 1, "valid", "test"), step[picked])
+    return Split(protocol, roles, examples, int(steps[c.USER_ID].n_unique() - last2.height))
+
+
+def _examples_at(steps: pl.DataFrame, rows: np.ndarray, roles: np.ndarray, history_end: np.ndarray) -> pl.DataFrame:
+    """Examples for target steps given by row positions in ``steps``."""
+    picked = steps[rows]
+    return picked.select(
+        c.USER_ID, pl.Series("role", roles.astype(object), dtype=pl.String), pl.col("step").alias("target_step"),
+        pl.Series("history_end", history_end.astype(np.uint32)), c.ITEM_ID, c.BEHAVIORS, c.TIMESTAMP,
+    ).sort(c.USER_ID, "role", "target_step", descending=[False, True, False])
 
 
 def _examples(steps: pl.DataFrame, targets: pl.DataFrame, history_end: pl.Expr) -> pl.DataFrame:
+    """Examples for target (user_id, step, role) rows, joined to their steps."""
     return (
         targets.join(steps, on=[c.USER_ID, "step"], how="left")
         .select(

@@ -22,11 +22,19 @@ from pipelines.sequences import splits as sp
 from pipelines.sequences.leakage import apply_filter, audit, find_leaks
 from pipelines.sequences.options import SequenceOptions
 from pipelines.sequences.steps import EmptyPartitionError, behavior_steps, clean, with_sessions
-from pipelines.storage import DatasetPaths, write_parquet_atomic, write_text_atomic
+from pipelines.storage import (
+    DatasetPaths,
+    ParquetAppender,
+    read_user_range,
+    user_shards,
+    write_parquet_atomic,
+    write_text_atomic,
+)
 from schemas import columns as c
 
 Log = Callable[[str], None]
 STEPS_FILE = "steps.parquet"
+ROWS_PER_SHARD = 5_000_000  # rows of a stage's input processed together; bounds memory
 NO_LEAKS = pl.DataFrame(schema={"example": pl.UInt32, "step": pl.UInt32, "h_behaviors": pl.UInt16})
 
 
@@ -38,33 +46,59 @@ def split_dir(paths: DatasetPaths, protocol: str) -> Path:
     return paths.stage_dir("splits") / protocol
 
 
-def materialize_steps(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print) -> dict[str, object]:
+def materialize_steps(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
+                      rows_per_shard: int = ROWS_PER_SHARD) -> dict[str, object]:
+    """Clean events and build steps with sessions, shard by shard of consecutive users.
+
+    The iterative k-core needs global counts each round, so with k-core on the table is processed
+    whole (one shard).
+    """
     opts = SequenceOptions.of(cfg)
-    events = pl.read_parquet(paths.stage_dir("ingest") / EVENTS_FILE,
-                             columns=[c.USER_ID, c.ITEM_ID, c.BEHAVIORS, c.TIMESTAMP, c.EVENT_ORDER])
-    cleaned, report = clean(events, cfg, opts)
-    if cleaned.is_empty():
+    events_path = paths.stage_dir("ingest") / EVENTS_FILE
+    columns = [c.USER_ID, c.ITEM_ID, c.BEHAVIORS, c.TIMESTAMP, c.EVENT_ORDER]
+    whole = bool(opts.min_user_steps or opts.min_item_steps)
+    shards = [(0, 1 << 32)] if whole else user_shards(events_path, rows_per_shard)
+    totals = {"rows_in": 0, "after_window": 0, "after_exposures": 0, "rows_out": 0}
+    rounds: list[dict[str, int]] = []
+    sets: dict[int, int] = {}
+    users = sessions = 0
+    with ParquetAppender(steps_path(paths), {"mbrec.order": "user_id, step"}) as out:
+        for i, (lo, hi) in enumerate(shards):
+            cleaned, report = clean(read_user_range(events_path, lo, hi, columns), cfg, opts)
+            for k in totals:
+                totals[k] += getattr(report, k)
+            rounds = report.k_core_rounds or rounds
+            if cleaned.is_empty():
+                continue
+            steps = with_sessions(behavior_steps(cleaned, cfg, opts), opts.session_gap_minutes)
+            out.write(steps)
+            per_user = steps.group_by(c.USER_ID).agg(pl.col("session").max() + 1)
+            users += per_user.height
+            sessions += int(per_user["session"].sum())
+            for m, n in steps[c.BEHAVIORS].value_counts().iter_rows():
+                sets[int(m)] = sets.get(int(m), 0) + int(n)
+            if len(shards) > 1:
+                log(f"{cfg.name}: steps shard {i + 1}/{len(shards)} ({steps.height:,} steps)")
+        n_steps = out.rows
+    if n_steps == 0:
+        steps_path(paths).unlink(missing_ok=True)
         raise EmptyPartitionError(
-            f"dataset '{cfg.name}': cleaning left no events ({report.rows_in:,} in, {report.after_window:,} after the "
-            f"time window, {report.after_exposures:,} after dropping exposures, k-core rounds {report.k_core_rounds}). "
+            f"dataset '{cfg.name}': cleaning left no events ({totals['rows_in']:,} in, {totals['after_window']:,} after "
+            f"the time window, {totals['after_exposures']:,} after dropping exposures, k-core rounds {rounds}). "
             f"Loosen datasets.{cfg.name}.stages.sequences.")
-    log(f"{cfg.name}: merging {cleaned.height:,} events into behavior-set steps ({opts.merge_rule})")
-    steps = with_sessions(behavior_steps(cleaned, cfg, opts), opts.session_gap_minutes)
-    write_parquet_atomic(steps, steps_path(paths))
-    per_user = steps.group_by(c.USER_ID).agg(pl.len().alias("steps"), (pl.col("session").max() + 1).alias("sessions"))
-    sets = steps[c.BEHAVIORS].value_counts().sort("count", descending=True)
+    items = pl.scan_parquet(steps_path(paths)).select(pl.col(c.ITEM_ID).n_unique()).collect().item()
+    top = sorted(sets.items(), key=lambda kv: -kv[1])[:15]
     return {
-        "events_in": report.rows_in, "after_time_window": report.after_window,
-        "after_exposures": report.after_exposures, "k_core_rounds": report.k_core_rounds,
-        "events_kept": cleaned.height, "steps": steps.height, "users": per_user.height,
-        "items": steps[c.ITEM_ID].n_unique(), "merged_events": int(cleaned.height - steps.height),
-        "mean_steps_per_user": float(per_user["steps"].mean()),
-        "mean_sessions_per_user": float(per_user["sessions"].mean()),
-        "merge_rule": opts.merge_rule if cfg.time.unit != "none" or opts.merge_rule == "consecutive" else
+        "events_in": totals["rows_in"], "after_time_window": totals["after_window"],
+        "after_exposures": totals["after_exposures"], "k_core_rounds": rounds,
+        "events_kept": totals["rows_out"], "steps": n_steps, "users": users, "items": items,
+        "merged_events": int(totals["rows_out"] - n_steps), "mean_steps_per_user": n_steps / max(users, 1),
+        "mean_sessions_per_user": sessions / max(users, 1), "shards": len(shards),
+        "merge_rule": opts.merge_rule if cfg.time.unit != "none" or opts.merge_rule in ("consecutive", "none") else
                       f"{opts.merge_rule} (no time column: only consecutive merging applies)",
         "time_note": "no time column: file order is the sequence order; one session per user"
                      if cfg.time.unit == "none" else f"time granularity {cfg.time.granularity}; ties keep file order",
-        "behavior_sets": [{"set": _set_name(cfg, int(m)), "steps": int(n)} for m, n in sets.head(15).iter_rows()],
+        "behavior_sets": [{"set": _set_name(cfg, m), "steps": n} for m, n in top],
     }
 
 
@@ -72,71 +106,96 @@ def _set_name(cfg: DatasetConfig, mask: int) -> str:
     return "{" + ",".join(b for i, b in enumerate(cfg.behavior_names) if mask >> i & 1) + "}"
 
 
-def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, log: Log = print) -> dict[str, object]:
-    """Write one protocol's roles and examples (filtered and unfiltered); raise when it yields nothing."""
+def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, log: Log = print,
+                      rows_per_shard: int = ROWS_PER_SHARD) -> dict[str, object]:
+    """Write one protocol's roles and examples (filtered and unfiltered), shard by shard of users."""
     opts = SequenceOptions.of(cfg)
-    steps = pl.read_parquet(steps_path(paths))
     out = split_dir(paths, protocol)
     if protocol in ("session", "temporal") and cfg.time.unit == "none":
         return {"applicable": False, "note": f"dataset '{cfg.name}' has no time column: the {protocol} split needs "
                                              "timestamps; use leave_one_out or eidp"}
-    if protocol == "leave_one_out":
-        split = sp.leave_one_out(steps, cfg, opts.target_behaviors)
-    elif protocol == "eidp":
-        split = sp.eidp(steps, cfg)
-    elif protocol == "session":
-        split = sp.session(steps, cfg)
-    else:
-        v, t = sp.quantile_cuts(steps, opts.temporal_valid_quantile, opts.temporal_test_quantile)
-        split = sp.temporal(steps, cfg, v, t, opts.target_behaviors)
-    if split.examples.is_empty():
-        raise EmptyPartitionError(
-            f"dataset '{cfg.name}', split {protocol}: no user has enough target steps "
-            f"({split.users_excluded:,} users excluded); targets are {opts.target_behaviors or cfg.targets}")
-    leaks = find_leaks(steps, split.examples, cfg, opts.leakage_filter, opts.max_len)
-    filtered = apply_filter(split.examples, leaks, opts.leakage_filter)
-    unfiltered = apply_filter(split.examples, NO_LEAKS, "off")
-    write_parquet_atomic(split.roles, out / "roles.parquet")
-    write_parquet_atomic(filtered, out / "examples.parquet")
-    write_parquet_atomic(unfiltered, out / "examples_unfiltered.parquet")
-    roles = split.roles["role"].value_counts().sort("role")
-    log(f"{cfg.name}/{protocol}: {filtered.height:,} evaluation examples; filter '{opts.leakage_filter}' "
-        f"removed {leaks.height:,} history steps from {leaks['example'].n_unique():,} examples")
+    path = steps_path(paths)
+    cuts: tuple[int, int] | None = None
+    if protocol == "temporal":  # a global statistic, computed once over all shards
+        cuts = sp.quantile_cuts(pl.scan_parquet(path).select(c.TIMESTAMP).collect(),
+                                opts.temporal_valid_quantile, opts.temporal_test_quantile)
+    roles_count: dict[str, int] = {}
+    excluded = leak_steps = leak_examples = n_examples = 0
+    note = ""
+    with (ParquetAppender(out / "roles.parquet") as roles_out,
+          ParquetAppender(out / "examples.parquet") as filtered_out,
+          ParquetAppender(out / "examples_unfiltered.parquet") as unfiltered_out):
+        for lo, hi in user_shards(path, rows_per_shard):
+            steps = read_user_range(path, lo, hi)
+            if protocol == "leave_one_out":
+                split = sp.leave_one_out(steps, cfg, opts.target_behaviors)
+            elif protocol == "eidp":
+                split = sp.eidp(steps, cfg)
+            elif protocol == "session":
+                split = sp.session(steps, cfg)
+            else:
+                split = sp.temporal(steps, cfg, cuts[0], cuts[1], opts.target_behaviors)
+            leaks = find_leaks(steps, split.examples, cfg, opts.leakage_filter, opts.max_len)
+            roles_out.write(split.roles)
+            filtered_out.write(apply_filter(split.examples, leaks, opts.leakage_filter))
+            unfiltered_out.write(apply_filter(split.examples, NO_LEAKS, "off"))
+            for role, n in split.roles["role"].value_counts().iter_rows():
+                roles_count[role] = roles_count.get(role, 0) + int(n)
+            excluded += split.users_excluded
+            leak_steps += leaks.height
+            leak_examples += leaks["example"].n_unique()
+            n_examples += split.examples.height
+            note = split.note
+        if n_examples == 0:
+            raise EmptyPartitionError(
+                f"dataset '{cfg.name}', split {protocol}: no user has enough target steps "
+                f"({excluded:,} users excluded); targets are {opts.target_behaviors or cfg.targets}")
+    log(f"{cfg.name}/{protocol}: {n_examples:,} evaluation examples; filter '{opts.leakage_filter}' "
+        f"removed {leak_steps:,} history steps from {leak_examples:,} examples")
     return {
-        "applicable": True, "note": split.note, "users_excluded": split.users_excluded,
-        "roles": dict(zip(roles["role"].to_list(), roles["count"].to_list(), strict=True)),
-        "examples": filtered.height, "leakage_filter": opts.leakage_filter, "max_len": opts.max_len,
-        "leak_steps_removed": leaks.height, "examples_with_leak_removed": leaks["example"].n_unique(),
+        "applicable": True, "note": note, "users_excluded": excluded, "roles": dict(sorted(roles_count.items())),
+        "examples": n_examples, "leakage_filter": opts.leakage_filter, "max_len": opts.max_len,
+        "leak_steps_removed": leak_steps, "examples_with_leak_removed": leak_examples,
     }
 
 
-def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print) -> dict[str, dict[str, int]]:
+def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
+                            rows_per_shard: int = ROWS_PER_SHARD) -> dict[str, dict[str, int]]:
     """train/valid/test arrays per materialized split: parquet (Array columns) and .npz."""
     import numpy as np
 
     from pipelines.sequences import model_ready
 
     opts = SequenceOptions.of(cfg)
-    steps = pl.read_parquet(steps_path(paths))
+    path = steps_path(paths)
+    shards = user_shards(path, rows_per_shard)
     summary: dict[str, dict[str, int]] = {}
     for protocol in sp.PROTOCOLS:
         d = split_dir(paths, protocol)
         if not (d / "examples.parquet").is_file():
             continue
-        roles = pl.read_parquet(d / "roles.parquet")
-        examples = pl.read_parquet(d / "examples.parquet")
-        train_steps = roles.filter(pl.col("role") == "train").select(c.USER_ID, "step")
         out = paths.stage_dir("model_ready") / protocol
+        arrays: dict[str, list[dict[str, np.ndarray]]] = {"train": [], "valid": [], "test": []}
+        with (ParquetAppender(out / "train.parquet") as w_train, ParquetAppender(out / "valid.parquet") as w_valid,
+              ParquetAppender(out / "test.parquet") as w_test):
+            writers = {"train": w_train, "valid": w_valid, "test": w_test}
+            for lo, hi in shards:
+                steps = read_user_range(path, lo, hi)
+                roles = read_user_range(d / "roles.parquet", lo, hi)
+                examples = read_user_range(d / "examples.parquet", lo, hi)
+                for role, ex in (("train", model_ready.training_examples(steps, roles)),
+                                 ("valid", examples.filter(pl.col("role") == "valid")),
+                                 ("test", examples.filter(pl.col("role") == "test"))):
+                    a = model_ready.build(steps, ex, opts.max_len)
+                    writers[role].write(model_ready.to_frame(a, role))
+                    arrays[role].append(a)
         summary[protocol] = {}
-        for role, ex, allowed in (("train", model_ready.training_examples(steps, roles), train_steps),
-                                  ("valid", examples.filter(pl.col("role") == "valid"), None),
-                                  ("test", examples.filter(pl.col("role") == "test"), None)):
-            arrays = model_ready.build(steps, ex, opts.max_len, allowed)
-            write_parquet_atomic(model_ready.to_frame(arrays, role), out / f"{role}.parquet")
+        for role, parts in arrays.items():
+            merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
             tmp = out / f".{role}.tmp.npz"
-            np.savez(tmp, **arrays)
+            np.savez(tmp, **merged)
             tmp.replace(out / f"{role}.npz")
-            summary[protocol][role] = int(len(arrays["user_ids"]))
+            summary[protocol][role] = int(len(merged.get("user_ids", [])))
         log(f"{cfg.name}/{protocol}: model-ready {summary[protocol]}")
     return summary
 
