@@ -10,13 +10,13 @@ import polars as pl
 
 from assets.ingest import check_result
 from assets.partitions import dataset_partitions
-from pipelines.contracts import split_consistency, validate_parquet
+from pipelines.contracts import model_ready_consistency, split_consistency, validate_parquet
 from pipelines.reporting import markdown_table
 from pipelines.resources import PipelineSettings
 from pipelines.sequences import stage
 from pipelines.sequences.options import SequenceOptions
 from pipelines.sequences.splits import PROTOCOLS
-from schemas.sequences import BehaviorSteps, EvaluationExamples, LeakageAudit, SplitRoles
+from schemas.sequences import BehaviorSteps, EvaluationExamples, LeakageAudit, ModelReadySequences, SplitRoles
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 GROUP = "sequences"
@@ -122,6 +122,15 @@ def _check(asset, name: str, description: str, fn) -> dg.AssetChecksDefinition:
     return _c
 
 
+def _model_ready_check(cfg, paths) -> dg.AssetCheckResult:
+    root = paths.stage_dir("model_ready")
+    for table in sorted(root.glob("*/*.parquet")):
+        r = validate_parquet(table, ModelReadySequences)
+        if not r.passed:
+            return check_result(r)
+    return check_result(model_ready_consistency(root, SequenceOptions.of(cfg).max_len))
+
+
 def _split_checks(protocol: str, asset) -> list[dg.AssetChecksDefinition]:
     def applicable(cfg) -> bool:
         return not (protocol in ("session", "temporal") and cfg.time.unit == "none")
@@ -157,6 +166,9 @@ sequence_checks = [
     _check(behavior_sets, "behavior_sets_contract", "pandera BehaviorSteps (schemas/sequences.py)",
            lambda cfg, paths: check_result(validate_parquet(stage.steps_path(paths), BehaviorSteps))),
     *[chk for p, a in zip(PROTOCOLS, split_assets, strict=True) for chk in _split_checks(p, a)],
+    _check(model_ready_sequences, "model_ready_contract",
+           "pandera ModelReadySequences on every table, and arrays left-padded to max_len, parquet = npz",
+           lambda cfg, paths: _model_ready_check(cfg, paths)),
     _check(leakage_audit, "leakage_audit_contract", "pandera LeakageAudit (schemas/sequences.py)",
            lambda cfg, paths: check_result(validate_parquet(paths.stage_dir("leakage") / "audit.parquet", LeakageAudit))),
 ]

@@ -115,3 +115,32 @@ def split_consistency(steps_path: Path, split_dir: Path, leakage_filter: str, ma
         f"{steps.height:,} steps in exactly one role; {examples.height:,} histories end before their targets"
         + ("; no same-item lower-level step left in any history window" if leakage_filter in ("all", "merge") else ""))
     return ContractResult(not problems, "split_consistency", steps.height, steps.height, message)
+
+
+def model_ready_consistency(directory: Path, max_len: int) -> ContractResult:
+    """Arrays are [N, max_len], left-padded (exactly `length` non-zero items, all at the end), and
+    the parquet and npz copies agree."""
+    import numpy as np
+
+    problems: list[str] = []
+    n_total = 0
+    for npz in sorted(directory.glob("*/*.npz")):
+        with np.load(npz) as a:
+            n = len(a["user_ids"])
+            n_total += n
+            for k in ("items", "behaviors", "time_gaps", "sessions"):
+                if a[k].shape != (n, max_len):
+                    problems.append(f"{npz.parent.name}/{npz.name}: {k} has shape {a[k].shape}, expected ({n}, {max_len})")
+            nonzero = a["items"] != 0
+            if (nonzero.sum(axis=1) != a["lengths"]).any():
+                problems.append(f"{npz.parent.name}/{npz.name}: lengths disagree with the non-padding items")
+            expected = np.arange(max_len)[None, :] >= (max_len - a["lengths"])[:, None]
+            if (nonzero != expected).any():
+                problems.append(f"{npz.parent.name}/{npz.name}: padding is not strictly on the left")
+            frame = pl.read_parquet(npz.with_suffix(".parquet"), columns=["items", "length"])
+            if frame.height != n or not np.array_equal(frame["items"].to_numpy(), a["items"]):
+                problems.append(f"{npz.parent.name}/{npz.name}: parquet and npz disagree")
+    if not n_total:
+        problems.append(f"{directory}: no model-ready arrays found")
+    message = "; ".join(problems) if problems else f"{n_total:,} sequences left-padded to {max_len}; parquet = npz"
+    return ContractResult(not problems, "model_ready_consistency", n_total, n_total, message)

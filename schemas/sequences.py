@@ -72,3 +72,17 @@ class LeakageAudit(pa.DataFrameModel):
 
     class Config:
         strict = True
+
+
+class ModelReadySequences(pa.DataFrameModel):
+    """Scalar columns of a model-ready table; the array columns (items, behaviors, time_gaps,
+    sessions: Array[Int32, max_len]) are checked by ``pipelines.contracts.model_ready_consistency``."""
+
+    user_id: pl.UInt32 = pa.Field(alias=c.USER_ID)
+    role: pl.String = pa.Field(isin=["train", "valid", "test"])
+    length: pl.UInt32 = pa.Field(ge=0)
+    target_item: pl.UInt32 = pa.Field(ge=1)
+    target_behaviors: pl.UInt16 = pa.Field(gt=0)
+
+    class Config:
+        strict = False

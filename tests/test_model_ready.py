@@ -38,7 +38,7 @@ def test_training_examples_use_train_steps_only(registry):
     assert arrays["items"].tolist() == [[0, 0, 0, 0, 4 + 1], [0, 0, 7 + 1, 8 + 1, 7 + 1]]
     assert arrays["behaviors"][1].tolist() == [0, 0, PV, PV, CART]
     frame = model_ready.to_frame(arrays, "train")
-    assert frame.schema["items"] == pl.Array(pl.Int64, 5) and frame["length"].to_list() == [1, 3]
+    assert frame.schema["items"] == pl.Array(pl.Int32, 5) and frame["length"].to_list() == [1, 3]
 
 
 def test_npz_round_trip(tmp_path, registry):
@@ -48,3 +48,21 @@ def test_npz_round_trip(tmp_path, registry):
     np.savez(tmp_path / "test.npz", **arrays)
     back = model_ready.load(tmp_path / "test.npz")
     assert set(back) == set(arrays) and all(np.array_equal(back[k], arrays[k]) for k in arrays)
+
+
+def test_model_ready_check_catches_right_padding_and_disagreeing_copies(tmp_path, registry):
+    from pipelines.contracts import model_ready_consistency
+
+    steps = make_steps()
+    ex = splits.leave_one_out(steps, registry.get("taobao")).examples
+    arrays = model_ready.build(steps, apply_filter(ex, find_leaks(steps, ex, registry.get("taobao"), "off", 4), "off"), 4)
+    d = tmp_path / "leave_one_out"
+    d.mkdir()
+    np.savez(d / "test.npz", **arrays)
+    model_ready.to_frame(arrays, "test").write_parquet(d / "test.parquet")
+    assert model_ready_consistency(tmp_path, 4).passed
+    bad = dict(arrays)
+    bad["items"] = np.roll(arrays["items"], 1, axis=1)  # padding moves to the right end for short rows
+    np.savez(d / "test.npz", **bad)
+    r = model_ready_consistency(tmp_path, 4)
+    assert not r.passed and "padding is not strictly on the left" in r.message and "parquet and npz disagree" in r.message

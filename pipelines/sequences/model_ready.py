@@ -18,24 +18,31 @@ import polars as pl
 
 from schemas import columns as c
 
-ARRAYS = ("items", "behaviors", "time_gaps", "sessions")
+ARRAYS = ("items", "behaviors", "time_gaps", "sessions")  # int32 [N, max_len] each
 
 
 def training_examples(steps: pl.DataFrame, roles: pl.DataFrame) -> pl.DataFrame:
     """One example per user with at least two train steps: target = last train step.
 
     In every protocol a user's train steps are a prefix of the sequence, so the history
-    [0, target_step) holds train steps only.
+    [0, target_step) holds train steps only. ``roles`` is row-aligned with ``steps`` (as every
+    protocol returns it), so this is numpy counting, not a join.
     """
-    train = steps.join(roles.filter(pl.col("role") == "train"), on=[c.USER_ID, "step"]).sort(c.USER_ID, "step")
-    last = train.group_by(c.USER_ID).agg(pl.col("step").last().alias("target_step"), pl.len().alias("n"))
-    return (
-        last.filter(pl.col("n") >= 2)
-        .join(steps, left_on=[c.USER_ID, "target_step"], right_on=[c.USER_ID, "step"])
-        .select(c.USER_ID, pl.lit("train").alias("role"), "target_step", pl.col("target_step").alias("history_end"),
-                c.ITEM_ID, c.BEHAVIORS, c.TIMESTAMP, pl.lit([], pl.List(pl.UInt32)).alias("dropped_steps"))
-        .sort(c.USER_ID)
-    )
+    user = steps[c.USER_ID].to_numpy()
+    if roles.height != steps.height or not np.array_equal(roles[c.USER_ID].to_numpy(), user) \
+            or not np.array_equal(roles["step"].to_numpy(), steps["step"].to_numpy()):
+        roles = steps.select(c.USER_ID, "step").join(roles, on=[c.USER_ID, "step"], how="left", maintain_order="left")
+    is_train = (roles["role"] == "train").fill_null(False).to_numpy()
+    n = len(user)
+    first = np.flatnonzero(np.r_[True, user[1:] != user[:-1]]) if n else np.zeros(0, np.int64)
+    n_train = np.add.reduceat(is_train.astype(np.int64), first) if n else first
+    keep = n_train >= 2
+    rows = first[keep] + n_train[keep] - 1
+    picked = steps[rows]
+    return picked.select(
+        c.USER_ID, pl.lit("train").alias("role"), pl.col("step").alias("target_step"),
+        pl.col("step").alias("history_end"), c.ITEM_ID, c.BEHAVIORS, c.TIMESTAMP,
+        pl.lit([], pl.List(pl.UInt32)).alias("dropped_steps"))
 
 
 def build(steps: pl.DataFrame, examples: pl.DataFrame, max_len: int, allowed: pl.DataFrame | None = None) -> dict[str, np.ndarray]:
@@ -69,15 +76,15 @@ def build(steps: pl.DataFrame, examples: pl.DataFrame, max_len: int, allowed: pl
         gap[1:] = np.where(same, (ts[1:] - ts[:-1]) // 1000, 0)
     win = win.with_columns(pl.Series("gap", gap))
     out: dict[str, np.ndarray] = {}
-    for name, source, dtype, shift in (("items", c.ITEM_ID, np.int64, 1), ("behaviors", c.BEHAVIORS, np.int64, 0),
-                                       ("time_gaps", "gap", np.int64, 0), ("sessions", "session", np.int64, 1)):
+    for name, source, dtype, shift in (("items", c.ITEM_ID, np.int32, 1), ("behaviors", c.BEHAVIORS, np.int32, 0),
+                                       ("time_gaps", "gap", np.int32, 0), ("sessions", "session", np.int32, 1)):
         arr = np.zeros((n, max_len), dtype=dtype)
         arr[example, col] = win[source].fill_null(0).to_numpy().astype(dtype) + shift
         out[name] = arr
-    out["lengths"] = lengths.astype(np.int64)
-    out["target_items"] = ex[c.ITEM_ID].to_numpy().astype(np.int64) + 1
-    out["target_behaviors"] = ex[c.BEHAVIORS].to_numpy().astype(np.int64)
-    out["user_ids"] = ex[c.USER_ID].to_numpy().astype(np.int64)
+    out["lengths"] = lengths.astype(np.int32)
+    out["target_items"] = ex[c.ITEM_ID].to_numpy().astype(np.int32) + 1
+    out["target_behaviors"] = ex[c.BEHAVIORS].to_numpy().astype(np.int32)
+    out["user_ids"] = ex[c.USER_ID].to_numpy().astype(np.int32)
     return out
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from pipelines.ingest.core import EVENTS_FILE
@@ -72,9 +73,10 @@ def materialize_steps(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
                 continue
             steps = with_sessions(behavior_steps(cleaned, cfg, opts), opts.session_gap_minutes)
             out.write(steps)
-            per_user = steps.group_by(c.USER_ID).agg(pl.col("session").max() + 1)
-            users += per_user.height
-            sessions += int(per_user["session"].sum())
+            u, sess = steps[c.USER_ID].to_numpy(), steps["session"].to_numpy()
+            new_user = np.r_[True, u[1:] != u[:-1]]
+            users += int(new_user.sum())
+            sessions += int((new_user | np.r_[True, sess[1:] != sess[:-1]]).sum())
             for m, n in steps[c.BEHAVIORS].value_counts().iter_rows():
                 sets[int(m)] = sets.get(int(m), 0) + int(n)
             if len(shards) > 1:
@@ -122,9 +124,12 @@ def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, lo
     roles_count: dict[str, int] = {}
     excluded = leak_steps = leak_examples = n_examples = 0
     note = ""
+    from pipelines.sequences.model_ready import training_examples
+
     with (ParquetAppender(out / "roles.parquet") as roles_out,
           ParquetAppender(out / "examples.parquet") as filtered_out,
-          ParquetAppender(out / "examples_unfiltered.parquet") as unfiltered_out):
+          ParquetAppender(out / "examples_unfiltered.parquet") as unfiltered_out,
+          ParquetAppender(out / "train_examples.parquet") as train_out):
         for lo, hi in user_shards(path, rows_per_shard):
             steps = read_user_range(path, lo, hi)
             if protocol == "leave_one_out":
@@ -137,6 +142,7 @@ def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, lo
                 split = sp.temporal(steps, cfg, cuts[0], cuts[1], opts.target_behaviors)
             leaks = find_leaks(steps, split.examples, cfg, opts.leakage_filter, opts.max_len)
             roles_out.write(split.roles)
+            train_out.write(training_examples(steps, split.roles))
             filtered_out.write(apply_filter(split.examples, leaks, opts.leakage_filter))
             unfiltered_out.write(apply_filter(split.examples, NO_LEAKS, "off"))
             for role, n in split.roles["role"].value_counts().iter_rows():
@@ -181,21 +187,23 @@ def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = 
             writers = {"train": w_train, "valid": w_valid, "test": w_test}
             for lo, hi in shards:
                 steps = read_user_range(path, lo, hi)
-                roles = read_user_range(d / "roles.parquet", lo, hi)
                 examples = read_user_range(d / "examples.parquet", lo, hi)
-                for role, ex in (("train", model_ready.training_examples(steps, roles)),
+                for role, ex in (("train", read_user_range(d / "train_examples.parquet", lo, hi)),
                                  ("valid", examples.filter(pl.col("role") == "valid")),
                                  ("test", examples.filter(pl.col("role") == "test"))):
                     a = model_ready.build(steps, ex, opts.max_len)
                     writers[role].write(model_ready.to_frame(a, role))
                     arrays[role].append(a)
         summary[protocol] = {}
-        for role, parts in arrays.items():
+        for role in list(arrays):
+            parts = arrays.pop(role)  # one role's arrays at a time in memory
             merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+            del parts
             tmp = out / f".{role}.tmp.npz"
             np.savez(tmp, **merged)
             tmp.replace(out / f"{role}.npz")
             summary[protocol][role] = int(len(merged.get("user_ids", [])))
+            del merged
         log(f"{cfg.name}/{protocol}: model-ready {summary[protocol]}")
     return summary
 
