@@ -11,7 +11,7 @@ import polars as pl
 from assets.ingest import check_result
 from assets.partitions import dataset_partitions
 from pipelines.contracts import model_ready_consistency, split_consistency, validate_parquet
-from pipelines.reporting import markdown_table
+from pipelines.reporting import markdown_table, png_markdown
 from pipelines.resources import PipelineSettings
 from pipelines.sequences import stage
 from pipelines.sequences.options import SequenceOptions
@@ -75,8 +75,10 @@ def leakage_audit(context: dg.AssetExecutionContext, settings: PipelineSettings)
     table = stage.materialize_audit(cfg, paths, log=context.log.info)
     k10 = table.filter(pl.col("k") == 10).select("protocol", "filter", "examples", "share_in_last_k", "recent_hr",
                                                  "frequent_hr").with_columns(pl.col(pl.Float64).round(4))
+    png = (paths.stage_dir("leakage") / "leakage_audit.png").read_bytes()
     return dg.MaterializeResult(metadata={
         "at_k_10": dg.MetadataValue.md(markdown_table(k10, max_rows=20)),
+        "plot": dg.MetadataValue.md(png_markdown(png, "leakage audit")),
         "report": dg.MetadataValue.path(str(paths.stage_dir("leakage") / "leakage_audit.md")),
         "path": dg.MetadataValue.path(str(paths.stage_dir("leakage") / "audit.parquet")),
         "dagster/row_count": table.height,

@@ -61,3 +61,38 @@ def test_many_shards_give_the_same_tables_as_one(taobao, tmp_path):
             with np.load(paths.stage_dir("model_ready") / protocol / f"{role}.npz") as x, \
                     np.load(many.stage_dir("model_ready") / protocol / f"{role}.npz") as y:
                 assert all(np.array_equal(x[k], y[k]) for k in x.files)
+
+
+def test_training_targets_can_be_filtered_too(taobao, tmp_path):
+    import shutil
+
+    cfg, paths = taobao
+    other = DatasetPaths(tmp_path, "taobao")
+    shutil.copytree(paths.stage_dir("ingest"), other.stage_dir("ingest"))
+    cfg_f = cfg.model_copy(update={"stages": {"sequences": {"filter_training_targets": True}}})
+    materialize_steps(cfg_f, other, log=lambda _: None)
+    summary = materialize_split(cfg_f, other, "leave_one_out", log=lambda _: None)
+    train = pl.read_parquet(other.stage_dir("splits") / "leave_one_out" / "train_examples.parquet")
+    dropped = train["dropped_steps"].list.len().sum()
+    assert summary["training_leak_steps_removed"] == dropped > 0
+
+
+def test_a_window_that_empties_the_partition_is_a_clear_error(taobao, tmp_path):
+    import shutil
+
+    from pipelines.sequences.steps import EmptyPartitionError
+
+    cfg, paths = taobao
+    other = DatasetPaths(tmp_path, "taobao")
+    shutil.copytree(paths.stage_dir("ingest"), other.stage_dir("ingest"))
+    cfg_w = cfg.model_copy(update={"stages": {"sequences": {"time_from": "2030-01-01"}}})
+    with pytest.raises(EmptyPartitionError, match=r"cleaning left no events .* 0 after the time window"):
+        materialize_steps(cfg_w, other, log=lambda _: None)
+    assert not (other.stage_dir("sequences") / "steps.parquet").exists()
+
+
+def test_audit_plot_is_written_and_linked(taobao):
+    cfg, paths = taobao
+    png = (paths.stage_dir("leakage") / "leakage_audit.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert "![leakage audit](leakage_audit.png)" in (paths.stage_dir("leakage") / "leakage_audit.md").read_text()

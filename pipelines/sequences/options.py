@@ -36,6 +36,9 @@ class SequenceOptions(BaseModel):
     leakage_filter: Literal["off", "last", "all", "merge"] = Field(
         default="all", description="How evaluation histories are cleaned of the same-item leak."
     )
+    filter_training_targets: bool = Field(
+        default=False, description="Also apply the leakage filter to the training examples' histories."
+    )
     max_len: int = Field(default=50, ge=1, description="History truncation window (model-ready length).")
     temporal_valid_quantile: float = Field(default=0.8, gt=0, lt=1, description="Valid cut: quantile of step times.")
     temporal_test_quantile: float = Field(default=0.9, gt=0, lt=1, description="Test cut: quantile of step times.")

@@ -18,7 +18,7 @@ import polars as pl
 
 from pipelines.ingest.core import EVENTS_FILE
 from pipelines.registry import DatasetConfig
-from pipelines.reporting import markdown_table
+from pipelines.reporting import audit_plot, markdown_table
 from pipelines.sequences import splits as sp
 from pipelines.sequences.leakage import apply_filter, audit, find_leaks
 from pipelines.sequences.options import SequenceOptions
@@ -122,7 +122,7 @@ def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, lo
         cuts = sp.quantile_cuts(pl.scan_parquet(path).select(c.TIMESTAMP).collect(),
                                 opts.temporal_valid_quantile, opts.temporal_test_quantile)
     roles_count: dict[str, int] = {}
-    excluded = leak_steps = leak_examples = n_examples = 0
+    excluded = leak_steps = leak_examples = n_examples = train_leak_steps = 0
     note = ""
     from pipelines.sequences.model_ready import training_examples
 
@@ -142,7 +142,12 @@ def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, lo
                 split = sp.temporal(steps, cfg, cuts[0], cuts[1], opts.target_behaviors)
             leaks = find_leaks(steps, split.examples, cfg, opts.leakage_filter, opts.max_len)
             roles_out.write(split.roles)
-            train_out.write(training_examples(steps, split.roles))
+            train = training_examples(steps, split.roles)
+            if opts.filter_training_targets:
+                train_leaks = find_leaks(steps, train, cfg, opts.leakage_filter, opts.max_len)
+                train = apply_filter(train.drop("dropped_steps"), train_leaks, opts.leakage_filter)
+                train_leak_steps += train_leaks.height
+            train_out.write(train)
             filtered_out.write(apply_filter(split.examples, leaks, opts.leakage_filter))
             unfiltered_out.write(apply_filter(split.examples, NO_LEAKS, "off"))
             for role, n in split.roles["role"].value_counts().iter_rows():
@@ -162,6 +167,7 @@ def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, lo
         "applicable": True, "note": note, "users_excluded": excluded, "roles": dict(sorted(roles_count.items())),
         "examples": n_examples, "leakage_filter": opts.leakage_filter, "max_len": opts.max_len,
         "leak_steps_removed": leak_steps, "examples_with_leak_removed": leak_examples,
+        "filter_training_targets": opts.filter_training_targets, "training_leak_steps_removed": train_leak_steps,
     }
 
 
@@ -243,6 +249,10 @@ def materialize_audit(cfg: DatasetConfig, paths: DatasetPaths, protocols: tuple[
     table = pl.concat(parts)
     out = paths.stage_dir("leakage")
     write_parquet_atomic(table, out / "audit.parquet")
+    png = audit_plot(table, f"Same-item leak: {cfg.name}")
+    tmp = out / ".leakage_audit.png.tmp"
+    tmp.write_bytes(png)
+    tmp.replace(out / "leakage_audit.png")
     write_text_atomic(audit_report(cfg, table), out / "leakage_audit.md")
     return table
 
@@ -252,7 +262,7 @@ def audit_report(cfg: DatasetConfig, table: pl.DataFrame) -> str:
              "Share of evaluation targets whose item is among the last k history steps, and HR/NDCG@k of two "
              "recommenders that only exploit the history (most recent distinct items; most frequent items), "
              "before (`off`) and after the configured leakage filter. High scores before filtering measure the "
-             "same-item leak, not a model.", ""]
+             "same-item leak, not a model.", "", "![leakage audit](leakage_audit.png)", ""]
     for (protocol,), g in table.group_by("protocol", maintain_order=True):
         lines += [f"## {protocol}", "", markdown_table(g.drop("protocol").with_columns(pl.col(pl.Float64).round(4)),
                                                        max_rows=50), ""]
