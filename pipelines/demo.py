@@ -53,11 +53,22 @@ def main(argv: list[str] | None = None) -> int:
                 line += (f"; {r['rows_read']:,} rows read = {r['rows_kept']:,} kept + {r['rows_quarantined']:,} "
                          f"quarantined + {r['duplicates_dropped']:,} duplicates; {r['users']:,} users, {r['items']:,} items")
             print(line)
+            audit_path = settings.paths(key).stage_dir("leakage") / "audit.parquet"
+            if audit_path.is_file():
+                import polars as pl
+
+                a = pl.read_parquet(audit_path).filter((pl.col("protocol") == "leave_one_out") & (pl.col("k") == 10))
+                if a.height == 2:
+                    before, after = (a.filter(pl.col("filter") == "off").row(0, named=True),
+                                     a.filter(pl.col("filter") != "off").row(0, named=True))
+                    print(f"   leak (leave-one-out, k=10): 'recent history' HR@10 {before['recent_hr']:.3f} unfiltered, "
+                          f"{after['recent_hr']:.3f} after filter '{after['filter']}'")
             if bad_checks:
                 print(f"   failed checks: {bad_checks}")
     root = settings.paths(keys[0]).root
     print("\nOutputs:")
     print(f"  tables and reports  {root / 'outputs'}/<dataset>/<stage>/")
+    print(f"  leakage audits      {root / 'outputs'}/<dataset>/leakage/leakage_audit.md (+ .png)")
     print(f"  generated raw data  {root / 'generated'}/<dataset>/   (used because data/raw/<dataset>/ is empty)")
     print(f"  Dagster run history {os.environ['DAGSTER_HOME']}   (open with: make ui)")
     if failed:
