@@ -36,6 +36,14 @@ def timed(cmd: list[str]) -> dict[str, float]:
     return {"wall_s": wall, "peak_rss_gb": rss_kb / 1024**2}
 
 
+def print_side_by_side(what: str, ours: dict[str, float], theirs: dict[str, float]) -> None:
+    print(f"side by side on {what}:")
+    print(f"  pipeline: {ours['wall_s']:.1f} s, {ours['peak_rss_gb']:.2f} GB peak RSS")
+    print(f"  pandas:   {theirs['wall_s']:.1f} s, {theirs['peak_rss_gb']:.2f} GB peak RSS")
+    print(f"  ratio pandas/pipeline: wall {theirs['wall_s'] / ours['wall_s']:.2f}x, "
+          f"peak RSS {theirs['peak_rss_gb'] / ours['peak_rss_gb']:.2f}x")
+
+
 def ensure_csv(path: Path, rows: int, seed: int) -> None:
     marker = path.with_suffix(f".{rows}.{seed}.done")
     if marker.is_file() and path.is_file():
@@ -121,11 +129,7 @@ def main() -> int:
         prefix(full, sub, compare)
     ours = timed([*me, "pipeline", str(sub.parent), str(a.work / "out_cmp_pipeline")])
     theirs = timed([*me, "pandas", str(sub.parent), str(a.work / "out_cmp_pandas")])
-    print(f"side by side on the same {compare:,} rows:")
-    print(f"  pipeline: {ours['wall_s']:.1f} s, {ours['peak_rss_gb']:.2f} GB peak RSS")
-    print(f"  pandas:   {theirs['wall_s']:.1f} s, {theirs['peak_rss_gb']:.2f} GB peak RSS")
-    print(f"  ratio pandas/pipeline: wall {theirs['wall_s'] / ours['wall_s']:.2f}x, "
-          f"peak RSS {theirs['peak_rss_gb'] / ours['peak_rss_gb']:.2f}x")
+    print_side_by_side(f"the same {compare:,} rows", ours, theirs)
     return 0
 
 

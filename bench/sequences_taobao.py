@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from ingest_taobao import ensure_csv, timed  # noqa: E402
+from ingest_taobao import ensure_csv, print_side_by_side, timed  # noqa: E402
 
 MAX_LEN = 50
 
@@ -123,11 +123,7 @@ def main() -> int:
     sub = subsample(root, a.work / f"seq_{rows}_prefix_{compare}", compare)
     ours = timed([*me, "pipeline", str(sub)])
     theirs = timed([*me, "pandas", str(sub)])
-    print(f"side by side on the same {compare:,} events:")
-    print(f"  pipeline: {ours['wall_s']:.1f} s, {ours['peak_rss_gb']:.2f} GB peak RSS")
-    print(f"  pandas:   {theirs['wall_s']:.1f} s, {theirs['peak_rss_gb']:.2f} GB peak RSS")
-    print(f"  ratio pandas/pipeline: wall {theirs['wall_s'] / ours['wall_s']:.2f}x, "
-          f"peak RSS {theirs['peak_rss_gb'] / ours['peak_rss_gb']:.2f}x")
+    print_side_by_side(f"the same {compare:,} events", ours, theirs)
     return 0
 
 

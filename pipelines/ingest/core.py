@@ -21,13 +21,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import polars as pl
-import pyarrow.parquet as pq
 
 from pipelines.ingest.errors import IngestError
 from pipelines.ingest.formats import EVENT_PARSERS, event_files, item_attributes_from_files
 from pipelines.ingest.lines import N_FIELDS, TEXT, Check, RawFile
 from pipelines.registry import FORMAT_FILE_ROLES, DatasetConfig
-from pipelines.storage import StagedOutputs
+from pipelines.storage import ParquetAppender, StagedOutputs
 from schemas import columns as c
 from schemas.columns import EVENT_COLUMNS
 
@@ -263,25 +262,17 @@ def _write_events(
         shards = [pl.scan_parquet(sorted(d.glob("*.parquet")))
                   for i in range(n_shards) if (d := shard_dir / f"__shard={i}").is_dir()]
     kept = exposures = 0
-    writer: pq.ParquetWriter | None = None
-    try:
+    with ParquetAppender(staged.path(EVENTS_FILE), metadata) as out:
         for i, shard in enumerate(shards):
             df = shard.collect()
             if dedup:
                 df = _drop_exact_duplicates(df)
             df = df.sort(c.USER_ID, maintain_order=True)  # stable: file order within each user
-            table = df.to_arrow()
-            if writer is None:
-                schema = table.schema.with_metadata({k.encode(): v.encode() for k, v in metadata.items()})
-                writer = pq.ParquetWriter(staged.path(EVENTS_FILE), schema, compression="zstd")
-            writer.write_table(table.cast(writer.schema), row_group_size=1 << 20)
+            out.write(df)
             kept += df.height
             exposures += int((df[c.BEHAVIORS] == 0).sum())
             if n_shards > 1:
                 log(f"events shard {i + 1}/{len(shards)}: {df.height:,} rows")
-    finally:
-        if writer is not None:
-            writer.close()
     return kept, exposures
 
 
