@@ -66,3 +66,24 @@ def test_model_ready_check_catches_right_padding_and_disagreeing_copies(tmp_path
     np.savez(d / "test.npz", **bad)
     r = model_ready_consistency(tmp_path, 4)
     assert not r.passed and "padding is not strictly on the left" in r.message and "parquet and npz disagree" in r.message
+
+
+def test_bitmasks_expand_to_multi_hot_in_registry_order(registry):
+    cfg = registry.get("taobao")  # pv, fav, cart, buy
+    mh = model_ready.expand_multi_hot(np.array([[0, PV | CART], [BUY, PV | BUY]]), len(cfg.behaviors))
+    assert mh.shape == (2, 2, 4)
+    assert mh.tolist() == [[[0, 0, 0, 0], [1, 0, 1, 0]], [[0, 0, 0, 1], [1, 0, 0, 1]]]
+
+
+def test_target_behaviors_are_validated_when_options_load(registry):
+    import pytest
+
+    from pipelines.registry import RegistryError
+    from pipelines.sequences.options import SequenceOptions
+
+    cfg = registry.get("taobao").model_copy(update={"stages": {"sequences": {"target_behaviors": ["like"]}}})
+    with pytest.raises(RegistryError, match=r"target_behaviors: behavior 'like' is not in the dataset's vocabulary \['pv', 'fav', 'cart', 'buy'\]"):
+        SequenceOptions.of(cfg)
+    cfg = registry.get("taobao").model_copy(update={"stages": {"sequences": {"merge_rul": "none"}}})
+    with pytest.raises(RegistryError, match=r"stages\.sequences\.merge_rul: Extra inputs"):
+        SequenceOptions.of(cfg)

@@ -102,3 +102,10 @@ def load(path: Path) -> dict[str, np.ndarray]:
     """Arrays of one ``<role>.npz`` file; wrap with ``torch.from_numpy`` for a tensor Dataset."""
     with np.load(path) as data:
         return {k: data[k] for k in data.files}
+
+
+def expand_multi_hot(behaviors: np.ndarray, n_behaviors: int) -> np.ndarray:
+    """Bitmasks (any shape) -> multi-hot with a trailing axis of length ``n_behaviors``, in registry
+    behavior order (bit i = i-th behavior). Padding (0) expands to all zeros."""
+    bits = np.arange(n_behaviors, dtype=np.int64)
+    return ((np.asarray(behaviors, dtype=np.int64)[..., None] >> bits) & 1).astype(np.int8)

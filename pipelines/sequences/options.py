@@ -46,8 +46,17 @@ class SequenceOptions(BaseModel):
     @classmethod
     def of(cls, cfg: DatasetConfig) -> "SequenceOptions":
         try:
-            return cls.model_validate(cfg.stages.get("sequences", {}))
+            opts = cls.model_validate(cfg.stages.get("sequences", {}))
         except ValidationError as e:
             where = "; ".join(f"datasets.{cfg.name}.stages.sequences.{'.'.join(map(str, x['loc']))}: {x['msg']}"
                               for x in e.errors())
             raise RegistryError(f"invalid sequence options: {where}") from None
+        for b in opts.target_behaviors or []:
+            if b not in cfg.behavior_names:
+                raise RegistryError(
+                    f"datasets.{cfg.name}.stages.sequences.target_behaviors: behavior '{b}' is not in the "
+                    f"dataset's vocabulary {cfg.behavior_names}")
+        if opts.temporal_valid_quantile >= opts.temporal_test_quantile:
+            raise RegistryError(f"datasets.{cfg.name}.stages.sequences: temporal_valid_quantile must be below "
+                                "temporal_test_quantile")
+        return opts
