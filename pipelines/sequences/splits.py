@@ -11,7 +11,8 @@ Protocols:
   valid; steps between them are "between" (test history only); steps after test are excluded;
   users with fewer than two target steps are excluded (and counted).
 - ``eidp``: EIDP/BLADE: as above with "target" = any non-auxiliary behavior, so the steps
-  between valid and test are auxiliary-only (the release's between_val_test).
+  between valid and test are auxiliary-only (the release's between_val_test); as in those
+  releases, users without two non-auxiliary steps stay in training (train only).
 - ``session``: GAMER: the last session is test, the one before valid; every step of a held-out
   session is a target whose history ends at the session start; users need three sessions.
 - ``temporal``: a global cut: steps before ``valid_from`` train; the first target step in
@@ -51,7 +52,7 @@ def mask_of(cfg: DatasetConfig, names: list[str]) -> int:
     return m
 
 
-def _two_last(steps: pl.DataFrame, is_target: pl.Expr, protocol: str) -> Split:
+def _two_last(steps: pl.DataFrame, is_target: pl.Expr, protocol: str, short_users_train: bool = False) -> Split:
     """Shared by leave_one_out and eidp: last target step = test, previous target step = valid.
 
     Steps are contiguous per user and user ids are dense, so per-user values broadcast to rows by
@@ -72,12 +73,15 @@ def _two_last(steps: pl.DataFrame, is_target: pl.Expr, protocol: str) -> Split:
     valid_of[last2[c.USER_ID].to_numpy()] = last2["valid"].to_numpy()
     test_of[last2[c.USER_ID].to_numpy()] = last2["test"].to_numpy()
     v, t = valid_of[user], test_of[user]
-    code = np.select([t < 0, step < v, step == v, step < t, step == t], [4, 0, 1, 2, 3], default=4)
+    code = np.select([t < 0, step < v, step == v, step < t, step == t], [0 if short_users_train else 4, 0, 1, 2, 3],
+                     default=4)
     roles = steps.select(c.USER_ID, "step").with_columns(
         pl.Series("role", np.array(ROLES, dtype=object)[code], dtype=pl.String))
     picked = np.flatnonzero((code == 1) | (code == 3))
     examples = _examples_at(steps, picked, np.where(code[picked] == 1, "valid", "test"), step[picked])
-    return Split(protocol, roles, examples, int(steps[c.USER_ID].n_unique() - last2.height))
+    short = int(steps[c.USER_ID].n_unique() - last2.height)
+    return Split(protocol, roles, examples, 0 if short_users_train else short,
+                 note=f"{short} users without two target steps are training-only" if short_users_train else "")
 
 
 def _examples_at(steps: pl.DataFrame, rows: np.ndarray, roles: np.ndarray, history_end: np.ndarray) -> pl.DataFrame:
@@ -108,7 +112,7 @@ def leave_one_out(steps: pl.DataFrame, cfg: DatasetConfig, targets: list[str] | 
 
 def eidp(steps: pl.DataFrame, cfg: DatasetConfig) -> Split:
     aux = mask_of(cfg, cfg.auxiliary)
-    return _two_last(steps, (pl.col(c.BEHAVIORS) & ~pl.lit(aux, pl.UInt16)) != 0, "eidp")
+    return _two_last(steps, (pl.col(c.BEHAVIORS) & ~pl.lit(aux, pl.UInt16)) != 0, "eidp", short_users_train=True)
 
 
 def session(steps: pl.DataFrame, cfg: DatasetConfig) -> Split:
