@@ -144,3 +144,30 @@ def model_ready_consistency(directory: Path, max_len: int) -> ContractResult:
         problems.append(f"{directory}: no model-ready arrays found")
     message = "; ".join(problems) if problems else f"{n_total:,} sequences left-padded to {max_len}; parquet = npz"
     return ContractResult(not problems, "model_ready_consistency", n_total, n_total, message)
+
+
+def statistics_consistency(stats_json: Path, roles_path: Path, steps_path: Path) -> ContractResult:
+    """M symmetric with zero diagonal and consistent with m; computed over training steps only."""
+    import json
+
+    import numpy as np
+
+    doc = json.loads(stats_json.read_text())
+    m, M = np.array(doc["m"]), np.array(doc["M"])
+    problems = []
+    if not (M == M.T).all():
+        problems.append("M is not symmetric")
+    if (np.diag(M) != 0).any():
+        problems.append("M has a non-zero diagonal")
+    if (M > np.minimum.outer(m, m)).any():
+        problems.append("some M[i, j] exceeds min(m[i], m[j])")
+    if sum(doc["set_size_counts"]) != doc["training_sets"]:
+        problems.append("set sizes do not add up to the training sets")
+    train = (pl.scan_parquet(steps_path).join(pl.scan_parquet(roles_path).filter(pl.col("role") == "train"),
+                                              on=[c.USER_ID, "step"], how="semi")
+             .select(pl.len()).collect().item())
+    if doc["training_sets"] != train:
+        problems.append(f"statistics count {doc['training_sets']} sets but the split has {train} training steps")
+    message = "; ".join(problems) if problems else (
+        f"M symmetric, zero diagonal, bounded by m; {train:,} sets = the split's training steps only")
+    return ContractResult(not problems, "statistics_consistency", train, train, message)

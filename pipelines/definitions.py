@@ -8,6 +8,7 @@ import dagster as dg
 # Partition-aware asset checks are "preview" in Dagster 1.13; we rely on them knowingly.
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
+from assets.augmentation import augmentation_assets, augmentation_checks
 from assets.ingest import ingest, ingest_checks
 from assets.sequences import sequence_assets, sequence_checks
 from assets.partitions import dataset_partitions
@@ -34,8 +35,8 @@ def weekly_dataset_refresh(context: dg.ScheduleEvaluationContext):
 
 
 defs = dg.Definitions(
-    assets=[ingest, *sequence_assets],
-    asset_checks=[*ingest_checks, *sequence_checks],
+    assets=[ingest, *sequence_assets, *augmentation_assets],
+    asset_checks=[*ingest_checks, *sequence_checks, *augmentation_checks],
     jobs=[all_assets_job, ingest_job],
     schedules=[weekly_dataset_refresh],
     resources={"settings": PipelineSettings()},

@@ -1,0 +1,61 @@
+"""Augmentation stage: behavior statistics from training data only (more to come: augmented views).
+
+Thin Dagster wrappers; the logic is ``pipelines.augmentation``.
+"""
+
+import warnings
+
+import dagster as dg
+import polars as pl
+
+from assets.ingest import check_result
+from assets.partitions import dataset_partitions
+from assets.sequences import split_assets
+from pipelines.augmentation.stage import materialize_statistics
+from pipelines.contracts import statistics_consistency
+from pipelines.reporting import markdown_table, png_markdown
+from pipelines.resources import PipelineSettings
+from pipelines.sequences.splits import PROTOCOLS
+from pipelines.sequences.stage import split_dir, steps_path
+
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+
+
+@dg.asset(
+    deps=split_assets, partitions_def=dataset_partitions, group_name="augmentation", kinds={"numpy", "json"},
+    description="Per split protocol, from training sets only: behavior frequencies m, co-occurrence M (and "
+                "row-normalized), P(b_j | b_i), masking probabilities m^c normalized, set sizes, transitions.",
+)
+def behavior_statistics(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+    cfg = settings.dataset(context.partition_key)
+    paths = settings.paths(cfg.name)
+    docs = materialize_statistics(cfg, paths, log=context.log.info)
+    meta: dict[str, object] = {"path": dg.MetadataValue.path(str(paths.stage_dir("statistics")))}
+    for protocol, doc in docs.items():
+        names = doc["behaviors"]
+        table = pl.DataFrame({"behavior": names, "m (sets)": doc["m"], "mask_prob": doc["mask_prob"],
+                              **{f"M[{n}]": [row[j] for row in doc["M"]] for j, n in enumerate(names)}})
+        meta[f"{protocol}"] = dg.MetadataValue.md(markdown_table(table, max_rows=20))
+        meta[f"{protocol}_training_sets"] = doc["training_sets"]
+    first = next(iter(docs), None)
+    if first:
+        png = (paths.stage_dir("statistics") / first / "heatmap.png").read_bytes()
+        meta["heatmap"] = dg.MetadataValue.md(png_markdown(png, f"{first} heatmap"))
+    return dg.MaterializeResult(metadata=meta)
+
+
+@dg.asset_check(asset=behavior_statistics, blocking=True, partitions_def=dataset_partitions,
+                description="M symmetric with zero diagonal and bounded by m; counts equal the split's training steps.")
+def behavior_statistics_consistency(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
+    paths = settings.paths(context.partition_key)
+    for protocol in PROTOCOLS:
+        stats = paths.stage_dir("statistics") / protocol / "statistics.json"
+        if stats.is_file():
+            r = statistics_consistency(stats, split_dir(paths, protocol) / "roles.parquet", steps_path(paths))
+            if not r.passed:
+                return check_result(r)
+    return check_result(r)
+
+
+augmentation_assets = [behavior_statistics]
+augmentation_checks = [behavior_statistics_consistency]

@@ -1,0 +1,97 @@
+"""Behavior statistics per split protocol, from training steps only (what the asset calls).
+
+Layout: data/outputs/<dataset>/statistics/<protocol>/statistics.json (+ M.npy, T.npy, heatmap.png).
+Statistics never see valid, test, between or excluded steps: computing them before the split
+would leak evaluation data into training augmentations.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import numpy as np
+import polars as pl
+
+from pipelines.augmentation.statistics import BehaviorCounts, BehaviorStatistics, count_sets, statistics
+from pipelines.registry import DatasetConfig
+from pipelines.sequences.splits import PROTOCOLS
+from pipelines.sequences.stage import ROWS_PER_SHARD, split_dir, steps_path
+from pipelines.storage import DatasetPaths, read_user_range, user_shards, write_text_atomic
+from schemas import columns as c
+
+Log = Callable[[str], None]
+
+
+def training_counts(paths: DatasetPaths, protocol: str, n_behaviors: int, rows_per_shard: int = ROWS_PER_SHARD) -> BehaviorCounts:
+    """Counts over the protocol's train-role steps, shard by shard, merged by addition."""
+    total = BehaviorCounts(n_behaviors)
+    roles_path = split_dir(paths, protocol) / "roles.parquet"
+    for lo, hi in user_shards(steps_path(paths), rows_per_shard):
+        steps = read_user_range(steps_path(paths), lo, hi, [c.USER_ID, "step", c.BEHAVIORS])
+        roles = read_user_range(roles_path, lo, hi)
+        train = steps.join(roles.filter(pl.col("role") == "train"), on=[c.USER_ID, "step"], how="semi",
+                           maintain_order="left")
+        total = total + count_sets(train, n_behaviors)
+    return total
+
+
+def to_json(cfg: DatasetConfig, s: BehaviorStatistics, c_exponent: float) -> dict[str, object]:
+    return {
+        "behaviors": cfg.behavior_names, "training_sets": s.n_sets, "c": c_exponent,
+        "m": s.m.tolist(), "M": s.M.tolist(), "M_prob": s.M_prob.round(6).tolist(),
+        "P_j_given_i": s.cond_prob.round(6).tolist(), "mask_prob": s.mask_prob.round(6).tolist(),
+        "set_size_counts": s.set_size_counts.tolist(), "T": s.T.tolist(), "T_prob": s.T_prob.round(6).tolist(),
+    }
+
+
+def heatmap(cfg: DatasetConfig, s: BehaviorStatistics, title: str) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = cfg.behavior_names
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5), layout="constrained")
+    for ax, mat, label in ((axes[0], s.cond_prob, "P(column | row) in training sets"),
+                           (axes[1], s.T_prob, "next-step transition (row-normalized)")):
+        im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_title(label, fontsize=9)
+        for i in range(len(names)):
+            for j in range(len(names)):
+                ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if mat[i, j] < 0.5 else "black")
+    fig.colorbar(im, ax=axes, shrink=0.7)
+    fig.suptitle(title, fontsize=10)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def materialize_statistics(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
+                           c_exponent: float | None = None) -> dict[str, dict[str, object]]:
+    c_exponent = float(cfg.stages.get("augmentation", {}).get("mask_exponent", 0.7)) if c_exponent is None else c_exponent
+    out: dict[str, dict[str, object]] = {}
+    for protocol in PROTOCOLS:
+        if not (split_dir(paths, protocol) / "roles.parquet").is_file():
+            continue
+        s = statistics(training_counts(paths, protocol, len(cfg.behaviors)), c_exponent)
+        d = paths.stage_dir("statistics") / protocol
+        doc = to_json(cfg, s, c_exponent)
+        d.mkdir(parents=True, exist_ok=True)
+        for name, arr in (("M", s.M), ("T", s.T)):
+            tmp = d / f".{name}.tmp.npy"
+            np.save(tmp, arr)
+            tmp.replace(d / f"{name}.npy")
+        tmp = d / ".heatmap.tmp.png"
+        tmp.write_bytes(heatmap(cfg, s, f"{cfg.name} / {protocol}: training sets only"))
+        tmp.replace(d / "heatmap.png")
+        write_text_atomic(json.dumps(doc, indent=1) + "\n", d / "statistics.json")
+        out[protocol] = doc
+        log(f"{cfg.name}/{protocol}: statistics over {s.n_sets:,} training sets")
+    return out
