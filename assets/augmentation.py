@@ -11,7 +11,7 @@ import polars as pl
 from assets.ingest import check_result
 from assets.partitions import dataset_partitions
 from assets.sequences import split_assets
-from pipelines.augmentation.stage import materialize_statistics
+from pipelines.augmentation.stage import materialize_sequential_views, materialize_statistics
 from pipelines.contracts import statistics_consistency
 from pipelines.reporting import markdown_table, png_markdown
 from pipelines.resources import PipelineSettings
@@ -44,6 +44,21 @@ def behavior_statistics(context: dg.AssetExecutionContext, settings: PipelineSet
     return dg.MaterializeResult(metadata=meta)
 
 
+@dg.asset(
+    deps=split_assets, partitions_def=dataset_partitions, group_name="augmentation", kinds={"numpy", "parquet"},
+    description="GAMER-style sequential augmentation: x extra views of each split's training sequences, view k "
+                "removing each lower-level behavior with probability (k/x)/(level+1); valid/test untouched.",
+)
+def sequential_augmentation(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+    cfg = settings.dataset(context.partition_key)
+    paths = settings.paths(cfg.name)
+    summary = materialize_sequential_views(cfg, paths, log=context.log.info)
+    return dg.MaterializeResult(metadata={
+        "views": dg.MetadataValue.json(summary),
+        "path": dg.MetadataValue.path(str(paths.stage_dir("augmentation"))),
+    })
+
+
 @dg.asset_check(asset=behavior_statistics, blocking=True, partitions_def=dataset_partitions,
                 description="M symmetric with zero diagonal and bounded by m; counts equal the split's training steps.")
 def behavior_statistics_consistency(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
@@ -57,5 +72,5 @@ def behavior_statistics_consistency(context: dg.AssetCheckExecutionContext, sett
     return check_result(r)
 
 
-augmentation_assets = [behavior_statistics]
+augmentation_assets = [behavior_statistics, sequential_augmentation]
 augmentation_checks = [behavior_statistics_consistency]

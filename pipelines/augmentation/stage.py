@@ -95,3 +95,32 @@ def materialize_statistics(cfg: DatasetConfig, paths: DatasetPaths, log: Log = p
         out[protocol] = doc
         log(f"{cfg.name}/{protocol}: statistics over {s.n_sets:,} training sets")
     return out
+
+
+def materialize_sequential_views(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
+                                 rows_per_shard: int = ROWS_PER_SHARD) -> dict[str, dict[str, int]]:
+    """x augmented views of every split's training steps (``stages.augmentation.sequential_views``,
+    default 3; seed ``stages.augmentation.seed``, default 0)."""
+    from pipelines.augmentation.sequential import sequential_views
+    from pipelines.storage import ParquetAppender
+
+    options = cfg.stages.get("augmentation", {})
+    views, seed = int(options.get("sequential_views", 3)), int(options.get("seed", 0))
+    out: dict[str, dict[str, int]] = {}
+    for protocol in PROTOCOLS:
+        roles_path = split_dir(paths, protocol) / "roles.parquet"
+        if not roles_path.is_file():
+            continue
+        target = paths.stage_dir("augmentation") / protocol / "sequential_views.parquet"
+        originals = 0
+        with ParquetAppender(target, {"mbrec.views": str(views), "mbrec.seed": str(seed)}) as w:
+            for i, (lo, hi) in enumerate(user_shards(steps_path(paths), rows_per_shard)):
+                steps = read_user_range(steps_path(paths), lo, hi)
+                roles = read_user_range(roles_path, lo, hi)
+                train = steps.join(roles.filter(pl.col("role") == "train"), on=[c.USER_ID, "step"], how="semi",
+                                   maintain_order="left")
+                originals += train.height
+                w.write(sequential_views(train, cfg, views, seed, shard=lo))
+            out[protocol] = {"training_steps": originals, "augmented_rows": w.rows, "views": views}
+        log(f"{cfg.name}/{protocol}: {views} sequential views, {w.rows:,} rows from {originals:,} training steps")
+    return out
