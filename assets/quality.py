@@ -1,0 +1,56 @@
+"""Data-quality reports: Great Expectations suites as asset checks that write HTML Data Docs.
+
+Non-blocking: they are the human-readable report; the blocking pandera contracts enforce.
+"""
+
+import warnings
+
+import dagster as dg
+
+from assets.partitions import dataset_partitions
+from assets.sequences import model_ready_sequences
+from pipelines.quality import SuiteResult, canonical_events_suite, model_ready_suite
+from pipelines.resources import PipelineSettings
+from pipelines.sequences.options import SequenceOptions
+
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+
+
+def _result(results: dict[str, SuiteResult]) -> dg.AssetCheckResult:
+    failed = {k: r.failed_expectations for k, r in results.items() if not r.success}
+    return dg.AssetCheckResult(
+        passed=not failed,
+        description="all expectations met" if not failed else f"failed: {failed}",
+        metadata={
+            "suites": dg.MetadataValue.json({k: {"evaluated": r.evaluated, "failed": r.failed,
+                                                 "rows_checked": r.rows_checked} for k, r in results.items()}),
+            **{f"data_docs_{k}": dg.MetadataValue.path(str(r.docs_index)) for k, r in results.items()},
+        },
+    )
+
+
+@dg.asset_check(asset="canonical_events", blocking=False, partitions_def=dataset_partitions,
+                description="Great Expectations suite on a deterministic sample; HTML Data Docs under "
+                            "outputs/<dataset>/quality/data_docs/canonical_events/.")
+def canonical_events_expectations(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
+    cfg = settings.dataset(context.partition_key)
+    paths = settings.paths(cfg.name)
+    docs = paths.stage_dir("quality") / "data_docs" / "canonical_events"
+    return _result({"canonical_events": canonical_events_suite(cfg, paths.stage_dir("ingest") / "events.parquet", docs)})
+
+
+@dg.asset_check(asset=model_ready_sequences, blocking=False, partitions_def=dataset_partitions,
+                description="Great Expectations suites on every model-ready table; HTML Data Docs under "
+                            "outputs/<dataset>/quality/data_docs/model_ready_<protocol>_<role>/.")
+def model_ready_expectations(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
+    cfg = settings.dataset(context.partition_key)
+    paths = settings.paths(cfg.name)
+    max_len = SequenceOptions.of(cfg).max_len
+    results = {}
+    for table in sorted(paths.stage_dir("model_ready").glob("*/*.parquet")):
+        key = f"{table.parent.name}_{table.stem}"
+        results[key] = model_ready_suite(cfg, table, max_len, paths.stage_dir("quality") / "data_docs" / f"model_ready_{key}")
+    return _result(results)
+
+
+quality_checks = [canonical_events_expectations, model_ready_expectations]
