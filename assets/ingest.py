@@ -4,6 +4,7 @@ Thin Dagster wrappers; the logic is ``pipelines.ingest.core.ingest_dataset``.
 """
 
 
+import json
 from pathlib import Path
 
 import warnings
@@ -19,6 +20,7 @@ from pipelines.ingest import core
 from pipelines.reporting import counts_table, markdown_table
 from pipelines.resources import PipelineSettings
 from pipelines.sources import resolve_raw_source
+from pipelines.storage import write_text_atomic
 from schemas import ingest as contracts
 
 STAGE = "ingest"
@@ -50,6 +52,8 @@ def ingest(context: dg.AssetExecutionContext, settings: PipelineSettings):
     source = resolve_raw_source(cfg, paths, log=context.log.info)
     summary = core.ingest_dataset(cfg, source.directory, paths.stage_dir(STAGE), log=context.log.info)
     out = paths.stage_dir(STAGE)
+    write_text_atomic(json.dumps({"kind": source.kind, "description": source.description, "files": source.files},
+                                 indent=1, sort_keys=True) + "\n", out / "source.json")
     common = {
         "source": source.kind,
         "source_description": source.description,

@@ -54,3 +54,40 @@ def model_ready_expectations(context: dg.AssetCheckExecutionContext, settings: P
 
 
 quality_checks = [canonical_events_expectations, model_ready_expectations]
+
+
+@dg.asset(
+    deps=["leakage_audit", "behavior_statistics", "model_ready_sequences", "sequential_augmentation",
+          "sequence_exports"],
+    partitions_def=dataset_partitions, group_name="reports", kinds={"html", "markdown"},
+    description="A readable report per dataset: counts, behavior/set-size/sequence-length distributions, "
+                "sessions, splits, leakage audit, behavior statistics, latest check results, provenance.",
+)
+def dataset_card(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+    from dagster._core.event_api import PartitionKeyFilter
+
+    from pipelines.dataset_card import write_card
+
+    cfg = settings.dataset(context.partition_key)
+    from assets.augmentation import augmentation_checks
+    from assets.ingest import ingest_checks
+    from assets.sequences import sequence_checks
+
+    keys = [k for chk in (*ingest_checks, *sequence_checks, *augmentation_checks, *quality_checks)
+            for k in chk.check_keys]
+    latest = context.instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        keys, partition_filter=PartitionKeyFilter(key=context.partition_key))
+    checks = []
+    for key in sorted(latest, key=lambda k: (k.asset_key.to_user_string(), k.name)):
+        record = latest[key]
+        evaluation = record.event.dagster_event.event_specific_data if record.event and record.event.dagster_event else None
+        passed = getattr(evaluation, "passed", None)
+        checks.append({"asset": key.asset_key.to_user_string(), "check": key.name,
+                       "result": record.status.value if passed is None else ("passed" if passed else "FAILED"),
+                       "message": (getattr(evaluation, "description", None) or "")[:200]})
+    files = write_card(cfg, settings.paths(cfg.name), checks)
+    return dg.MaterializeResult(metadata={
+        "html": dg.MetadataValue.path(str(files["html"])), "markdown": dg.MetadataValue.path(str(files["markdown"])),
+        "checks_listed": len(checks),
+        "checks_failed": sum(1 for ch in checks if ch["result"] == "FAILED"),
+    })
