@@ -8,13 +8,21 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export HF_HUB_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test install ui bench-ingest clean
+.PHONY: demo test install browser ui bench-ingest clean
 
 demo: install
 	$(BIN)/python -m pipelines.demo
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest
+
+# Debian's chromium for the browser tests (the dataset card and Data Docs render headless); installed
+# only when missing and when running as root with apt-get, else those tests are skipped with a reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		echo "installing Debian's chromium for the browser tests ..." && \
+		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium not available: the browser tests will be skipped"
 
 install: $(VENV)/.installed
 
