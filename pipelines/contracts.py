@@ -43,9 +43,11 @@ def validate_parquet(path: Path, model: type[pa.DataFrameModel], *, max_rows: in
         cases = e.failure_cases
         checks = sorted(set(cases["check"].cast(pl.String).to_list())) if "check" in cases.columns else []
         cols = sorted({str(x) for x in cases["column"].to_list()}) if "column" in cases.columns else []
+        first = [str(v) for v in cases["failure_case"].head(5).to_list()] if "failure_case" in cases.columns else []
         return ContractResult(
             False, name, rows, frame.height,
-            f"{name} contract failed on {path.name}: {len(cases)} failure case(s) in column(s) {cols}, check(s) {checks}",
+            f"{name} contract failed on {path.name}: {len(cases)} failure case(s) in column(s) {cols}, "
+            f"check(s) {checks}; first failing values: {first}",
             failure_cases=cases,
         )
     scope = "all rows" if stride == 1 else f"every {stride}th row ({frame.height:,} of {rows:,})"

@@ -1,0 +1,53 @@
+"""Every table contract fails, naming the column or check, when its table is given a violation."""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from pipelines.contracts import validate_parquet
+from pipelines.definitions import defs
+from schemas import ingest as si
+from schemas import sequences as ss
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    with dg.DagsterInstance.ephemeral() as instance:
+        run = defs.resolve_job_def("materialize_all").execute_in_process(
+            partition_key="tenrec_qk_video", instance=instance,
+            run_config={"resources": {"settings": {"config": {"data_root": str(root)}}}})
+    assert run.success
+    return root / "outputs" / "tenrec_qk_video"
+
+
+CASES = [  # (table relative to outputs/<dataset>, model, violation, words the message must name)
+    ("ingest/events.parquet", si.CanonicalEvents, lambda d: d.with_columns(pl.lit(3, pl.Int64).alias("event_order")), ["event_order"]),
+    ("ingest/user_id_map.parquet", si.UserIdMap, lambda d: d.with_columns(pl.lit(5, pl.Int64).alias("raw_user_id")), ["raw_user_id"]),
+    ("ingest/item_id_map.parquet", si.ItemIdMap, lambda d: d.with_columns(pl.lit(0, pl.UInt32).alias("item_id")), ["item_id"]),
+    ("ingest/item_side_info.parquet", si.ItemSideInfo, lambda d: d.drop("brand_id"), ["brand_id"]),
+    ("ingest/quarantine.parquet", si.Quarantine,
+     lambda d: pl.DataFrame({"source_file": ["x"], "source_line": [0], "reason": ["r"], "raw_text": ["t"]},
+                            schema={"source_file": pl.String, "source_line": pl.UInt32, "reason": pl.String, "raw_text": pl.String}),
+     ["source_line"]),
+    ("sequences/steps.parquet", ss.BehaviorSteps, lambda d: d.with_columns(pl.lit(0, pl.UInt16).alias("behaviors")), ["behaviors"]),
+    ("splits/leave_one_out/roles.parquet", ss.SplitRoles, lambda d: d.with_columns(pl.lit("training").alias("role")), ["role"]),
+    ("splits/leave_one_out/examples.parquet", ss.EvaluationExamples,
+     lambda d: d.with_columns((pl.col("target_step") + 1).alias("history_end")), ["history_before_target"]),
+    ("leakage/audit.parquet", ss.LeakageAudit, lambda d: d.with_columns(pl.lit(1.5).alias("recent_hr")), ["recent_hr"]),
+    ("model_ready/leave_one_out/test.parquet", ss.ModelReadySequences,
+     lambda d: d.with_columns(pl.lit(0, pl.UInt32).alias("target_item")), ["target_item"]),
+]
+
+
+@pytest.mark.parametrize(("table", "model", "violate", "named"), CASES, ids=[c[1].__name__ for c in CASES])
+def test_contract_holds_then_fails_on_a_violation(out, tmp_path, table, model, violate, named):
+    path = out / table
+    assert validate_parquet(path, model).passed
+    bad = tmp_path / "bad.parquet"
+    violate(pl.read_parquet(path)).write_parquet(bad)
+    r = validate_parquet(bad, model)
+    assert not r.passed
+    assert all(word in r.message for word in named), r.message
