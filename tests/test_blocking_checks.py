@@ -1,0 +1,80 @@
+"""Each blocking check fails on an injected violation, names it, and stops the asset downstream.
+
+One full run makes every table; then, per case, the asset under test and its downstream asset run
+again with the asset's stage function wrapped to corrupt what it wrote.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from pipelines.definitions import defs
+from pipelines.resources import PipelineSettings
+
+ASSETS = list(defs.assets)
+CHECKS = list(defs.asset_checks)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    result = dg.materialize([*ASSETS, *CHECKS], partition_key="kuaisar",
+                            resources={"settings": PipelineSettings(data_root=str(root))})
+    assert result.success
+    return root
+
+
+def set_col(col, value, dtype):
+    return lambda d: d.with_columns(pl.lit(value, dtype).alias(col))
+
+
+CASES = [  # asset, stage function (module, name), file under outputs/kuaisar, corruption, failing check, downstream
+    ("canonical_events", ("pipelines.ingest.core", "ingest_dataset"), "ingest/events.parquet",
+     set_col("event_order", 1, pl.Int64), "canonical_events_contract", "behavior_sets"),
+    ("canonical_events", ("pipelines.ingest.core", "ingest_dataset"), "ingest/user_id_map.parquet",
+     lambda d: d.head(d.height - 1), "ingest_consistency_check", "behavior_sets"),
+    ("behavior_sets", ("pipelines.sequences.stage", "materialize_steps"), "sequences/steps.parquet",
+     set_col("behaviors", 0, pl.UInt16), "behavior_sets_contract", "split_leave_one_out"),
+    ("split_eidp", ("pipelines.sequences.stage", "materialize_split"), "splits/eidp/examples.parquet",
+     lambda d: d.with_columns((pl.col("target_step") + 1).alias("history_end")), "split_eidp_contract", "leakage_audit"),
+    ("split_temporal", ("pipelines.sequences.stage", "materialize_split"), "splits/temporal/examples.parquet",
+     lambda d: d.with_columns(pl.lit([], pl.List(pl.UInt32)).alias("dropped_steps")), "split_temporal_consistency",
+     "leakage_audit"),
+    ("leakage_audit", ("pipelines.sequences.stage", "materialize_audit"), "leakage/audit.parquet",
+     set_col("share_in_last_k", 2.0, pl.Float64), "leakage_audit_contract", "dataset_card"),
+    ("model_ready_sequences", ("pipelines.sequences.stage", "materialize_model_ready"),
+     "model_ready/leave_one_out/test.parquet", set_col("target_item", 0, pl.UInt32), "model_ready_contract",
+     "dataset_card"),
+]
+
+
+@pytest.mark.parametrize(("asset", "stage_fn", "table", "corrupt", "check", "downstream"), CASES,
+                         ids=[case[4] for case in CASES])
+def test_violation_fails_the_check_and_blocks_downstream(root, tmp_path, monkeypatch, asset, stage_fn, table, corrupt,
+                                                         check, downstream):
+    clean, root = root, tmp_path / "data"
+    shutil.copytree(clean, root)  # each case starts from the clean outputs
+    module = importlib.import_module(stage_fn[0])
+    real = getattr(module, stage_fn[1])
+
+    def corrupting(*args, **kwargs):
+        out = real(*args, **kwargs)
+        path = root / "outputs" / "kuaisar" / table
+        corrupt(pl.read_parquet(path)).write_parquet(path)
+        return out
+
+    monkeypatch.setattr(module, stage_fn[1], corrupting)
+    result = dg.materialize([*ASSETS, *CHECKS], partition_key="kuaisar", raise_on_error=False,
+                            resources={"settings": PipelineSettings(data_root=str(root))},
+                            selection=dg.AssetSelection.assets(asset, downstream).required_multi_asset_neighbors())
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert check in evaluations and not evaluations[check].passed
+    message = evaluations[check].metadata["message"].value
+    assert message
+    materialized = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
+    assert asset in materialized and downstream not in materialized
