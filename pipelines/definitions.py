@@ -41,4 +41,7 @@ defs = dg.Definitions(
     jobs=[all_assets_job, ingest_job],
     schedules=[weekly_dataset_refresh],
     resources={"settings": PipelineSettings()},
+    # A dataset's steps form a chain, so each run executes in one process (a process per step would
+    # mostly re-import libraries); parallelism comes from running partitions (datasets) side by side.
+    executor=dg.in_process_executor,
 )
