@@ -30,3 +30,28 @@ def run_ingest(cfg: DatasetConfig, raw: Path, out: Path, **kw):
     tables = {name: pl.read_parquet(out / f"{name}.parquet")
               for name in ("events", "user_id_map", "item_id_map", "item_side_info", "quarantine")}
     return summary, tables
+
+
+def ingested(cfg: DatasetConfig, root: Path):
+    """Generate the dataset's synthetic raw files under ``root`` and ingest them; returns its DatasetPaths."""
+    from pipelines.sources import resolve_raw_source
+    from pipelines.storage import DatasetPaths
+
+    paths = DatasetPaths(root, cfg.name)
+    source = resolve_raw_source(cfg, paths, log=lambda _: None)
+    ingest_dataset(cfg, source.directory, paths.stage_dir("ingest"), log=lambda _: None)
+    return paths
+
+
+def materialize_project(dataset: str, root: Path) -> Path:
+    """Run the project's own `materialize_all` job for one partition against ``root``; returns its outputs."""
+    import dagster as dg
+
+    from pipelines.definitions import defs
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        run = defs.resolve_job_def("materialize_all").execute_in_process(
+            partition_key=dataset, instance=instance,
+            run_config={"resources": {"settings": {"config": {"data_root": str(root)}}}})
+    assert run.success
+    return root / "outputs" / dataset

@@ -6,6 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from conftest import ingested
 from pipelines.augmentation.behavior_ops import auxiliary_flipping, cooccurrence_addition, frequency_masking
 from pipelines.augmentation.statistics import count_sets, statistics
 from schemas import columns as c
@@ -107,20 +108,15 @@ def test_reimported_blade_split_gives_the_same_M_and_m_as_its_train_file(tmp_pat
     """Generated release files -> ingest -> steps -> eidp split -> statistics over the train role,
     against counting straight over train.txt."""
     from pipelines.augmentation.stage import materialize_statistics
-    from pipelines.ingest.core import ingest_dataset
     from pipelines.sequences.stage import materialize_split, materialize_steps
-    from pipelines.sources import resolve_raw_source
-    from pipelines.storage import DatasetPaths
 
     cfg = registry.get("blade_qk_video")
-    paths = DatasetPaths(tmp_path, cfg.name)
-    src = resolve_raw_source(cfg, paths, log=lambda _: None)
-    ingest_dataset(cfg, src.directory, paths.stage_dir("ingest"), log=lambda _: None)
+    paths = ingested(cfg, tmp_path)
     materialize_steps(cfg, paths, log=lambda _: None)
     materialize_split(cfg, paths, "eidp", log=lambda _: None)
     doc = materialize_statistics(cfg, paths, log=lambda _: None)["eidp"]
 
-    raw = np.loadtxt(src.directory / "train.txt", delimiter=",", dtype=np.int64, ndmin=2)
+    raw = np.loadtxt(paths.generated_dir / "train.txt", delimiter=",", dtype=np.int64, ndmin=2)
     masks = (raw[:, 2:] << np.arange(raw.shape[1] - 2)).sum(axis=1)
     keep = masks > 0
     users = raw[keep, 0]
@@ -132,19 +128,13 @@ def test_reimported_blade_split_gives_the_same_M_and_m_as_its_train_file(tmp_pat
 
 def test_statistics_check_catches_asymmetric_M_and_non_training_counts(tmp_path, registry):
     import json
-    import shutil
 
     from pipelines.augmentation.stage import materialize_statistics
     from pipelines.contracts import statistics_consistency
-    from pipelines.ingest.core import ingest_dataset
     from pipelines.sequences.stage import materialize_split, materialize_steps, split_dir, steps_path
-    from pipelines.sources import resolve_raw_source
-    from pipelines.storage import DatasetPaths
 
     cfg = registry.get("tenrec_qk_video")
-    paths = DatasetPaths(tmp_path, cfg.name)
-    ingest_dataset(cfg, resolve_raw_source(cfg, paths, log=lambda _: None).directory, paths.stage_dir("ingest"),
-                   log=lambda _: None)
+    paths = ingested(cfg, tmp_path)
     materialize_steps(cfg, paths, log=lambda _: None)
     materialize_split(cfg, paths, "leave_one_out", log=lambda _: None)
     materialize_statistics(cfg, paths, log=lambda _: None)

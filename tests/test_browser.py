@@ -6,11 +6,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import dagster as dg
-import numpy as np
 import pytest
 
-from pipelines.definitions import defs
+from conftest import materialize_project
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it when run as root)")
@@ -26,13 +24,7 @@ def chromium(args: list[str], profile: Path) -> str:
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    with dg.DagsterInstance.ephemeral() as instance:
-        run = defs.resolve_job_def("materialize_all").execute_in_process(
-            partition_key="kuaisar", instance=instance,
-            run_config={"resources": {"settings": {"config": {"data_root": str(root)}}}})
-    assert run.success
-    return root / "outputs" / "kuaisar"
+    return materialize_project("kuaisar", tmp_path_factory.mktemp("data"))
 
 
 def colored_share(png: Path) -> float:

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import dagster as dg
 import polars as pl
 import pytest
 
+from conftest import materialize_project
 from pipelines.contracts import validate_parquet
-from pipelines.definitions import defs
 from schemas import ingest as si
 from schemas import sequences as ss
 
 
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    with dg.DagsterInstance.ephemeral() as instance:
-        run = defs.resolve_job_def("materialize_all").execute_in_process(
-            partition_key="tenrec_qk_video", instance=instance,
-            run_config={"resources": {"settings": {"config": {"data_root": str(root)}}}})
-    assert run.success
-    return root / "outputs" / "tenrec_qk_video"
+    return materialize_project("tenrec_qk_video", tmp_path_factory.mktemp("data"))
 
 
 CASES = [  # (table relative to outputs/<dataset>, model, violation, words the message must name)

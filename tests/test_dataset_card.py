@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import dagster as dg
-
-from pipelines.definitions import defs
+from conftest import materialize_project
 
 
 def test_card_materializes_with_sections_plots_and_checks(tmp_path):
     """The project's own job, end to end, against a temporary data root."""
-    job = defs.resolve_job_def("materialize_all")
-    with dg.DagsterInstance.ephemeral() as instance:
-        run = job.execute_in_process(
-            partition_key="tmall", instance=instance,
-            run_config={"resources": {"settings": {"config": {"data_root": str(tmp_path)}}}})
-    assert run.success
-    card = tmp_path / "outputs" / "tmall" / "card"
+    card = materialize_project("tmall", tmp_path) / "card"
     md = (card / "dataset_card.md").read_text()
     for heading in ("## Overview", "## Behaviors, sets and sessions", "## Splits", "## Same-item leakage audit",
                     "## Behavior statistics", "## Checks (latest evaluation of each)", "## Provenance"):

@@ -6,21 +6,18 @@ import json
 
 import polars as pl
 
+from conftest import ingested
 from pipelines.ingest.core import ingest_dataset
 from pipelines.sequences.exports import blade_split_files, gamer_json, recbole_inter
 from pipelines.sequences.options import SequenceOptions
 from pipelines.sequences.stage import materialize_split, materialize_steps, split_dir, steps_path
 from pipelines.sequences.steps import behavior_steps
-from pipelines.sources import resolve_raw_source
-from pipelines.storage import DatasetPaths
 from schemas import columns as c
 
 
 def test_blade_export_round_trips_through_the_adapter(tmp_path, registry):
     cfg = registry.get("kuaisar")
-    paths = DatasetPaths(tmp_path, cfg.name)
-    src = resolve_raw_source(cfg, paths, log=lambda _: None)
-    ingest_dataset(cfg, src.directory, paths.stage_dir("ingest"), log=lambda _: None)
+    paths = ingested(cfg, tmp_path)
     materialize_steps(cfg, paths, log=lambda _: None)
     materialize_split(cfg, paths, "eidp", log=lambda _: None)
     steps = pl.read_parquet(steps_path(paths))

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import polars as pl
 
-from pipelines.ingest.core import ingest_dataset
+from conftest import ingested
 from pipelines.quality import canonical_events_suite, model_ready_suite
 from pipelines.sequences.stage import materialize_model_ready, materialize_split, materialize_steps
-from pipelines.sources import resolve_raw_source
-from pipelines.storage import DatasetPaths
 from schemas import columns as c
 
 
 def test_suites_pass_on_generated_data_and_catch_violations(tmp_path, registry):
     cfg = registry.get("tenrec_qk_video")
-    paths = DatasetPaths(tmp_path, cfg.name)
-    ingest_dataset(cfg, resolve_raw_source(cfg, paths, log=lambda _: None).directory, paths.stage_dir("ingest"),
-                   log=lambda _: None)
+    paths = ingested(cfg, tmp_path)
     events = paths.stage_dir("ingest") / "events.parquet"
     docs = tmp_path / "docs"
     r = canonical_events_suite(cfg, events, docs)

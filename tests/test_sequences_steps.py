@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import polars as pl
-import pytest
 
 from pipelines.sequences.options import SequenceOptions
 from pipelines.sequences.steps import behavior_steps, clean, k_core, with_sessions

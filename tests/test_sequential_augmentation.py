@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import polars as pl
 import pytest
 
+from conftest import ingested
 from pipelines.augmentation.sequential import drop_probabilities, sequential_views
 from schemas import columns as c
 
@@ -51,15 +51,10 @@ def test_views_drop_in_distribution_and_are_seeded(registry):
 
 def test_stage_augments_training_steps_only(tmp_path, registry):
     from pipelines.augmentation.stage import materialize_sequential_views
-    from pipelines.ingest.core import ingest_dataset
     from pipelines.sequences.stage import materialize_split, materialize_steps, split_dir
-    from pipelines.sources import resolve_raw_source
-    from pipelines.storage import DatasetPaths
 
     cfg = registry.get("taobao")
-    paths = DatasetPaths(tmp_path, cfg.name)
-    ingest_dataset(cfg, resolve_raw_source(cfg, paths, log=lambda _: None).directory, paths.stage_dir("ingest"),
-                   log=lambda _: None)
+    paths = ingested(cfg, tmp_path)
     materialize_steps(cfg, paths, log=lambda _: None)
     materialize_split(cfg, paths, "leave_one_out", log=lambda _: None)
     before = (split_dir(paths, "leave_one_out") / "examples.parquet").read_bytes()
