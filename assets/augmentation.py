@@ -12,7 +12,8 @@ from assets.ingest import check_result
 from assets.partitions import dataset_partitions
 from assets.sequences import split_assets
 from pipelines.augmentation.stage import materialize_sequential_views, materialize_statistics
-from pipelines.contracts import statistics_consistency
+from pipelines.contracts import statistics_consistency, validate_parquet
+from schemas.sequences import SequentialViews
 from pipelines.reporting import markdown_table, png_markdown
 from pipelines.resources import PipelineSettings
 from pipelines.sequences.splits import PROTOCOLS
@@ -72,5 +73,19 @@ def behavior_statistics_consistency(context: dg.AssetCheckExecutionContext, sett
     return check_result(r)
 
 
+@dg.asset_check(asset=sequential_augmentation, blocking=True, partitions_def=dataset_partitions,
+                description="pandera SequentialViews (schemas/sequences.py) on every split's augmented views.")
+def sequential_augmentation_contract(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
+    paths = settings.paths(context.partition_key)
+    r = None
+    for table in sorted(paths.stage_dir("augmentation").glob("*/sequential_views.parquet")):
+        r = validate_parquet(table, SequentialViews)
+        if not r.passed:
+            break
+    if r is None:
+        return dg.AssetCheckResult(passed=False, description="no sequential views were written")
+    return check_result(r)
+
+
 augmentation_assets = [behavior_statistics, sequential_augmentation]
-augmentation_checks = [behavior_statistics_consistency]
+augmentation_checks = [behavior_statistics_consistency, sequential_augmentation_contract]

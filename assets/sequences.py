@@ -10,13 +10,20 @@ import polars as pl
 
 from assets.ingest import check_result
 from assets.partitions import dataset_partitions
-from pipelines.contracts import model_ready_consistency, split_consistency, validate_parquet
+from pipelines.contracts import exports_contract, model_ready_consistency, split_consistency, validate_parquet
 from pipelines.reporting import markdown_table, png_markdown
 from pipelines.resources import PipelineSettings
 from pipelines.sequences import stage
 from pipelines.sequences.options import SequenceOptions
 from pipelines.sequences.splits import PROTOCOLS
-from schemas.sequences import BehaviorSteps, EvaluationExamples, LeakageAudit, ModelReadySequences, SplitRoles
+from schemas.sequences import (
+    BehaviorSteps,
+    EvaluationExamples,
+    LeakageAudit,
+    ModelReadySequences,
+    SplitRoles,
+    TrainingExamples,
+)
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 GROUP = "sequences"
@@ -141,7 +148,9 @@ def _split_checks(protocol: str, asset) -> list[dg.AssetChecksDefinition]:
         if not applicable(cfg):
             return dg.AssetCheckResult(passed=True, metadata={"message": "not applicable: no time column"})
         d = stage.split_dir(paths, protocol)
-        for file, model in (("roles.parquet", SplitRoles), ("examples.parquet", EvaluationExamples)):
+        for file, model in (("roles.parquet", SplitRoles), ("examples.parquet", EvaluationExamples),
+                            ("examples_unfiltered.parquet", EvaluationExamples),
+                            ("train_examples.parquet", TrainingExamples)):
             r = validate_parquet(d / file, model)
             if not r.passed:
                 return check_result(r)
@@ -155,7 +164,8 @@ def _split_checks(protocol: str, asset) -> list[dg.AssetChecksDefinition]:
                                               opts.leakage_filter, opts.max_len, cfg))
 
     return [
-        _check(asset, f"split_{protocol}_contract", "pandera SplitRoles and EvaluationExamples (schemas/sequences.py)",
+        _check(asset, f"split_{protocol}_contract",
+               "pandera SplitRoles, EvaluationExamples (filtered and unfiltered), TrainingExamples (schemas/sequences.py)",
                contract),
         _check(asset, f"split_{protocol}_consistency",
                "Every step in exactly one role; histories end before their targets; no leaking step left after "
@@ -171,6 +181,9 @@ sequence_checks = [
     _check(model_ready_sequences, "model_ready_contract",
            "pandera ModelReadySequences on every table, and arrays left-padded to max_len, parquet = npz",
            lambda cfg, paths: _model_ready_check(cfg, paths)),
+    _check(sequence_exports, "sequence_exports_contract",
+           "BLADE split lines (ids >= 1, flags 0/1, no empty set) and the RecBole .inter (pandera)",
+           lambda cfg, paths: check_result(exports_contract(paths.stage_dir("exports")))),
     _check(leakage_audit, "leakage_audit_contract", "pandera LeakageAudit (schemas/sequences.py)",
            lambda cfg, paths: check_result(validate_parquet(paths.stage_dir("leakage") / "audit.parquet", LeakageAudit))),
 ]

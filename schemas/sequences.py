@@ -59,6 +59,26 @@ class EvaluationExamples(pa.DataFrameModel):
         return data.lazyframe.select(pl.col("history_end") <= pl.col("target_step"))
 
 
+class TrainingExamples(pa.DataFrameModel):
+    """Per user the last train step as target; history = the train prefix before it."""
+
+    user_id: pl.UInt32 = pa.Field(alias=c.USER_ID, unique=True)
+    role: pl.String = pa.Field(isin=["train"])
+    target_step: pl.UInt32 = pa.Field(ge=1)
+    history_end: pl.UInt32 = pa.Field(ge=1)
+    item_id: pl.UInt32 = pa.Field(alias=c.ITEM_ID)
+    behaviors: pl.UInt16 = pa.Field(alias=c.BEHAVIORS, gt=0)
+    timestamp: pl.Int64 = pa.Field(alias=c.TIMESTAMP, nullable=True)
+    dropped_steps: pl.List(pl.UInt32)
+
+    class Config:
+        strict = True
+
+    @pa.dataframe_check
+    def history_before_target(cls, data) -> pl.LazyFrame:
+        return data.lazyframe.select(pl.col("history_end") <= pl.col("target_step"))
+
+
 class LeakageAudit(pa.DataFrameModel):
     protocol: pl.String
     filter: pl.String
@@ -86,3 +106,47 @@ class ModelReadySequences(pa.DataFrameModel):
 
     class Config:
         strict = False
+
+
+class SequentialViews(pa.DataFrameModel):
+    """GAMER-style augmented training steps: view k of x with ratio k/x."""
+
+    view: pl.UInt8 = pa.Field(ge=1)
+    ratio: pl.Float32 = pa.Field(gt=0, le=1)
+    user_id: pl.UInt32 = pa.Field(alias=c.USER_ID)
+    step: pl.UInt32 = pa.Field(ge=0)
+    item_id: pl.UInt32 = pa.Field(alias=c.ITEM_ID)
+    behaviors: pl.UInt16 = pa.Field(alias=c.BEHAVIORS, gt=0)
+
+    class Config:
+        strict = False
+        unique = ["view", "user_id", "step"]
+
+
+class BladeSplitLine(pa.DataFrameModel):
+    """One line `user,item,b1..bB` of an exported EIDP/BLADE split file (read without a header)."""
+
+    user: pl.Int64 = pa.Field(ge=1)
+    item: pl.Int64 = pa.Field(ge=1)
+
+    class Config:
+        strict = False
+
+    @pa.dataframe_check
+    def behaviors_are_binary_and_not_empty(cls, data) -> pl.LazyFrame:
+        flags = [col for col in data.lazyframe.collect_schema().names() if col.startswith("b")]
+        return data.lazyframe.select(
+            pl.all_horizontal([pl.col(f).is_in([0, 1]) for f in flags]) & (pl.sum_horizontal(flags) > 0))
+
+
+class RecBoleInter(pa.DataFrameModel):
+    """The exported RecBole atomic file (tab-separated, `field:type` header)."""
+
+    user_id: pl.Int64 = pa.Field(alias="user_id:token", ge=0)
+    item_id: pl.Int64 = pa.Field(alias="item_id:token", ge=0)
+    timestamp: pl.Float64 = pa.Field(alias="timestamp:float")
+    behaviors: pl.String = pa.Field(alias="behaviors:token_seq", str_length={"min_value": 1})
+    session_id: pl.Int64 = pa.Field(alias="session_id:token", ge=0)
+
+    class Config:
+        strict = True

@@ -30,6 +30,12 @@ CASES = [  # (table relative to outputs/<dataset>, model, violation, words the m
     ("splits/leave_one_out/examples.parquet", ss.EvaluationExamples,
      lambda d: d.with_columns((pl.col("target_step") + 1).alias("history_end")), ["history_before_target"]),
     ("leakage/audit.parquet", ss.LeakageAudit, lambda d: d.with_columns(pl.lit(1.5).alias("recent_hr")), ["recent_hr"]),
+    ("splits/leave_one_out/examples_unfiltered.parquet", ss.EvaluationExamples,
+     lambda d: d.with_columns(pl.lit("train").alias("role")), ["role"]),
+    ("splits/leave_one_out/train_examples.parquet", ss.TrainingExamples,
+     lambda d: d.with_columns(pl.lit(0, pl.UInt32).alias("target_step")), ["target_step"]),
+    ("augmentation/leave_one_out/sequential_views.parquet", ss.SequentialViews,
+     lambda d: d.with_columns(pl.lit(0, pl.UInt8).alias("view")), ["view"]),
     ("model_ready/leave_one_out/test.parquet", ss.ModelReadySequences,
      lambda d: d.with_columns(pl.lit(0, pl.UInt32).alias("target_item")), ["target_item"]),
 ]
@@ -44,3 +50,24 @@ def test_contract_holds_then_fails_on_a_violation(out, tmp_path, table, model, v
     r = validate_parquet(bad, model)
     assert not r.passed
     assert all(word in r.message for word in named), r.message
+
+
+def test_exports_contract_catches_an_empty_set_and_a_bad_recbole_id(out, tmp_path):
+    import shutil
+
+    from pipelines.contracts import exports_contract
+
+    exports = tmp_path / "exports"
+    shutil.copytree(out / "exports", exports)
+    assert exports_contract(exports).passed
+    train = exports / "blade" / "train.txt"
+    train.write_text(train.read_text() + "1,2,0,0,0,0\n")
+    r = exports_contract(exports)
+    assert not r.passed and "behaviors_are_binary_and_not_empty" in r.message and "blade/train.txt" in r.message
+    shutil.copy(out / "exports" / "blade" / "train.txt", train)
+    inter = next((exports / "recbole").glob("*.inter"))
+    lines = inter.read_text().splitlines()
+    lines[1] = "-4" + lines[1][lines[1].index("\t"):]
+    inter.write_text("\n".join(lines) + "\n")
+    r = exports_contract(exports)
+    assert not r.passed and "user_id:token" in r.message
