@@ -50,6 +50,11 @@ CASES = [  # asset, stage function (module, name), file under outputs/kuaisar, c
     ("sequential_augmentation", ("assets.augmentation", "materialize_sequential_views"),
      "augmentation/eidp/sequential_views.parquet", set_col("behaviors", 0, pl.UInt16),
      "sequential_augmentation_contract", "dataset_card"),
+    ("behavior_statistics", ("assets.augmentation", "materialize_statistics"), "statistics/eidp/statistics.json",
+     lambda text: text.replace('"M": [\n  [\n   0,', '"M": [\n  [\n   7,', 1), "behavior_statistics_consistency",
+     "dataset_card"),
+    ("sequence_exports", ("pipelines.sequences.stage", "materialize_exports"), "exports/blade/test.txt",
+     lambda text: text + "3,4,0,0,0,0,0,0\n", "sequence_exports_contract", "dataset_card"),
     ("model_ready_sequences", ("pipelines.sequences.stage", "materialize_model_ready"),
      "model_ready/leave_one_out/test.parquet", set_col("target_item", 0, pl.UInt32), "model_ready_contract",
      "dataset_card"),
@@ -68,7 +73,10 @@ def test_violation_fails_the_check_and_blocks_downstream(root, tmp_path, monkeyp
     def corrupting(*args, **kwargs):
         out = real(*args, **kwargs)
         path = root / "outputs" / "kuaisar" / table
-        corrupt(pl.read_parquet(path)).write_parquet(path)
+        if path.suffix == ".parquet":
+            corrupt(pl.read_parquet(path)).write_parquet(path)
+        else:  # text outputs: the corruption maps file text to file text
+            path.write_text(corrupt(path.read_text()))
         return out
 
     monkeypatch.setattr(module, stage_fn[1], corrupting)
