@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\nOutputs:")
     print(f"  tables and reports  {root / 'outputs'}/<dataset>/<stage>/")
     print(f"  leakage audits      {root / 'outputs'}/<dataset>/leakage/leakage_audit.md (+ .png)")
+    print(f"  dataset cards       {root / 'outputs'}/<dataset>/card/dataset_card.html")
+    print(f"  Data Docs           {root / 'outputs'}/<dataset>/quality/data_docs/*/index.html")
     print(f"  generated raw data  {root / 'generated'}/<dataset>/   (used because data/raw/<dataset>/ is empty)")
     print(f"  Dagster run history {os.environ['DAGSTER_HOME']}   (open with: make ui)")
     if failed:
