@@ -144,7 +144,8 @@ def flag_checks(flag_fields: Sequence[str]) -> list[Check]:
     ]
 
 
-def _local_midnight_ms(d: date, utc_offset_hours: float) -> int:
+def local_midnight_ms(d: date, utc_offset_hours: float) -> int:
+    """Unix ms of local midnight starting day ``d`` in a zone ``utc_offset_hours`` from UTC."""
     epoch = datetime(d.year, d.month, d.day, tzinfo=timezone.utc).timestamp()
     return int(round((epoch - utc_offset_hours * 3600) * 1000))
 
@@ -174,8 +175,8 @@ def time_checks(field: str | None, spec: TimeSpec) -> list[Check]:
     if spec.unit == "none" or field is None:
         return []
     ts = parse_timestamp_ms(field, spec)
-    lo = _local_midnight_ms(spec.valid_from or SANE_FROM, spec.utc_offset_hours)
-    hi = _local_midnight_ms(spec.valid_to or SANE_TO, spec.utc_offset_hours)
+    lo = local_midnight_ms(spec.valid_from or SANE_FROM, spec.utc_offset_hours)
+    hi = local_midnight_ms(spec.valid_to or SANE_TO, spec.utc_offset_hours)
     window = f"[{spec.valid_from or SANE_FROM}, {spec.valid_to or SANE_TO})"
     return [
         Check(f"null {field}", fld(field).is_null() | (fld(field) == ""), pl.lit(f"null {field}")),

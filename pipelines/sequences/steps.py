@@ -8,11 +8,11 @@ dataset's rule. Everything here is vectorized polars over whole tables; order al
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
 
 import numpy as np
 import polars as pl
 
+from pipelines.ingest.lines import local_midnight_ms
 from pipelines.registry import DatasetConfig
 from pipelines.sequences.options import SequenceOptions
 from schemas import columns as c
@@ -31,11 +31,6 @@ class CleaningReport:
     after_exposures: int
     k_core_rounds: list[dict[str, int]]
     rows_out: int
-
-
-def _local_midnight_ms(d: date, utc_offset_hours: float) -> int:
-    t = datetime(d.year, d.month, d.day, tzinfo=timezone.utc).timestamp() - utc_offset_hours * 3600
-    return int(round(t * 1000))
 
 
 def time_ordered(events: pl.DataFrame) -> pl.DataFrame:
@@ -66,8 +61,8 @@ def clean(events: pl.DataFrame, cfg: DatasetConfig, opts: SequenceOptions) -> tu
     """Optional time window, exposure removal and iterative k-core (counts per round)."""
     n0 = events.height
     if opts.time_from or opts.time_to:
-        lo = _local_midnight_ms(opts.time_from, cfg.time.utc_offset_hours) if opts.time_from else None
-        hi = _local_midnight_ms(opts.time_to, cfg.time.utc_offset_hours) if opts.time_to else None
+        lo = local_midnight_ms(opts.time_from, cfg.time.utc_offset_hours) if opts.time_from else None
+        hi = local_midnight_ms(opts.time_to, cfg.time.utc_offset_hours) if opts.time_to else None
         cond = pl.lit(True)
         if lo is not None:
             cond &= pl.col(c.TIMESTAMP) >= lo
