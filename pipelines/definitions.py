@@ -13,6 +13,7 @@ from assets.ingest import ingest, ingest_checks
 from assets.quality import dataset_card, quality_checks
 from assets.semantic_ids import semantic_id_assets, semantic_id_checks
 from assets.sequences import sequence_assets, sequence_checks
+from assets.training import training_assets, training_checks
 from assets.partitions import dataset_partitions
 from pipelines.resources import PipelineSettings
 
@@ -37,8 +38,8 @@ def weekly_dataset_refresh(context: dg.ScheduleEvaluationContext):
 
 
 defs = dg.Definitions(
-    assets=[ingest, *sequence_assets, *augmentation_assets, *semantic_id_assets, dataset_card],
-    asset_checks=[*ingest_checks, *sequence_checks, *augmentation_checks, *semantic_id_checks, *quality_checks],
+    assets=[ingest, *sequence_assets, *augmentation_assets, *semantic_id_assets, *training_assets, dataset_card],
+    asset_checks=[*ingest_checks, *sequence_checks, *augmentation_checks, *semantic_id_checks, *training_checks, *quality_checks],
     jobs=[all_assets_job, ingest_job],
     schedules=[weekly_dataset_refresh],
     resources={"settings": PipelineSettings()},

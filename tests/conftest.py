@@ -43,15 +43,23 @@ def ingested(cfg: DatasetConfig, root: Path):
     return paths
 
 
-def materialize_project(dataset: str, root: Path) -> Path:
-    """Run the project's own `materialize_all` job for one partition against ``root``; returns its outputs."""
+TRAINABLE = ("sasrec", "behavior_set", "generative_sid")
+
+
+def materialize_project(dataset: str, root: Path, training: dict | None = None) -> Path:
+    """Run the project's own `materialize_all` job for one partition against ``root``; returns its outputs.
+
+    ``training``: run config of the trained_* assets; by default one epoch each (tests that are not
+    about model quality stay fast)."""
     import dagster as dg
 
     from pipelines.definitions import defs
 
+    training = {"epochs": 1} if training is None else training
+    ops = {f"trained_{name}": {"config": training.get(name, training)} for name in TRAINABLE}
     with dg.DagsterInstance.ephemeral() as instance:
         run = defs.resolve_job_def("materialize_all").execute_in_process(
             partition_key=dataset, instance=instance,
-            run_config={"resources": {"settings": {"config": {"data_root": str(root)}}}})
+            run_config={"resources": {"settings": {"config": {"data_root": str(root)}}}, "ops": ops})
     assert run.success
     return root / "outputs" / dataset

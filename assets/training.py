@@ -1,0 +1,140 @@
+"""Training and evaluation stage: one asset per model (per dataset), then full-ranking evaluation
+with and without the leakage filter and a leaderboard across datasets.
+
+Thin Dagster wrappers; the logic is ``pipelines.training``.
+"""
+
+import json
+import warnings
+
+import dagster as dg
+import polars as pl
+
+from assets.ingest import check_result
+from assets.partitions import dataset_partitions
+from pipelines.contracts import validate_parquet
+from pipelines.reporting import markdown_table
+from pipelines.resources import PipelineSettings
+from pipelines.training.stage import (
+    MODELS,
+    TrainingOptions,
+    leaderboard,
+    materialize_evaluation,
+    materialize_training,
+    update_global_leaderboard,
+)
+from schemas.training import EvaluationResults
+
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+GROUP = "training"
+
+
+class TrainingRunConfig(dg.Config):
+    """Hyperparameters of one training run; unset fields keep the registry's / the model's defaults."""
+
+    epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    weight_decay: float | None = None
+    patience: int | None = None
+    seed: int | None = None
+    device: str | None = None  # auto | cpu | cuda
+    max_minutes: float | None = None
+    hidden: int | None = None
+    blocks: int | None = None  # sasrec, behavior_set
+    layers: int | None = None  # generative_sid
+    heads: int | None = None
+    dropout: float | None = None
+    negatives: int | None = None  # behavior_set
+    richness_weight: float | None = None  # behavior_set
+    contrastive_weight: float | None = None  # behavior_set (> 0: BLADE's contrastive loss on augmentations)
+    beam_size: int | None = None  # generative_sid
+    history_steps: int | None = None  # generative_sid
+
+    def overrides(self) -> dict:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+UPSTREAM = {"popularity": [], "recent_history": [], "sasrec": [], "behavior_set": ["behavior_statistics"],
+            "generative_sid": ["semantic_ids"]}
+DESCRIPTIONS = {
+    "popularity": "Most popular items of the training sequences (no training).",
+    "recent_history": "The leak-exploiting heuristic: the user's own history, most recent first (no training).",
+    "sasrec": "SASRec: causal self-attention over the item sequence, full-softmax next-item loss.",
+    "behavior_set": "EIDP/BLADE-style behavior-set model: personalized set embeddings, behavior-aware attention, "
+                    "target-behavior conditioning, richness-weighted BCE (optional contrastive loss).",
+    "generative_sid": "Generative semantic-ID model: decoder-only transformer over SID and behavior tokens, "
+                      "constrained beam search over valid SIDs.",
+}
+
+
+def _training_asset(name: str) -> dg.AssetsDefinition:
+    @dg.asset(name=f"trained_{name}", deps=["model_ready_sequences", *UPSTREAM[name]], partitions_def=dataset_partitions,
+              group_name=GROUP, kinds={"torch"},
+              description=f"{DESCRIPTIONS[name]} Early stopping on validation NDCG@10; checkpoint with its config "
+                          "and data version under training/<protocol>/" + name + "/.")
+    def _asset(context: dg.AssetExecutionContext, settings: PipelineSettings, config: TrainingRunConfig) -> dg.MaterializeResult:
+        cfg = settings.dataset(context.partition_key)
+        opts = TrainingOptions.of(cfg)
+        meta = materialize_training(cfg, settings.paths(cfg.name), name, opts.params(name, config.overrides()),
+                                    protocol=opts.protocol, log=context.log.info)
+        curve = pl.DataFrame(meta["curve"]).with_columns(pl.col(pl.Float64).round(4))
+        return dg.MaterializeResult(metadata={
+            "best_epoch": meta["best_epoch"], "stopped": meta["stopped"], "device": meta["device"],
+            "parameters": meta["parameters"], "data_version": meta["data_version"],
+            "valid_ndcg@10": (meta["best_valid"] or {}).get("ndcg@10", 0.0),
+            "train_seconds": round(meta["train_seconds"], 2),
+            "curve": dg.MetadataValue.md(markdown_table(curve, max_rows=100)),
+            "config": dg.MetadataValue.json({"model": meta["model_config"], "train": meta["train_config"]}),
+        })
+
+    return _asset
+
+
+trained_models = [_training_asset(name) for name in MODELS]
+
+
+class EvaluationRunConfig(dg.Config):
+    mask_history: int | None = None  # exclude the last n history items from the ranking
+    device: str = "auto"
+
+
+@dg.asset(deps=trained_models, partitions_def=dataset_partitions, group_name=GROUP, kinds={"torch", "parquet"},
+          description="Full-ranking test HR/NDCG@{5,10,20} and MRR of every model, per target behavior, with the "
+                      "leakage filter and without it side by side; leaderboard per dataset and across datasets "
+                      "(data/outputs/leaderboard.md).")
+def evaluation(context: dg.AssetExecutionContext, settings: PipelineSettings, config: EvaluationRunConfig) -> dg.MaterializeResult:
+    cfg = settings.dataset(context.partition_key)
+    opts = TrainingOptions.of(cfg)
+    mask = opts.mask_history if config.mask_history is None else config.mask_history
+    table = materialize_evaluation(cfg, settings.paths(cfg.name), list(MODELS), protocol=opts.protocol,
+                                   mask_history=mask, device=config.device, log=context.log.info)
+    everything = update_global_leaderboard(settings.paths(cfg.name).root)
+    board = leaderboard(table).with_columns(pl.col(pl.Float64).round(4))
+    return dg.MaterializeResult(metadata={
+        "leaderboard": dg.MetadataValue.md(markdown_table(board)),
+        "all_datasets": dg.MetadataValue.md(markdown_table(leaderboard(everything).with_columns(
+            pl.col(pl.Float64).round(4)), max_rows=100)),
+        "mask_history": mask, "tie_policy": "pessimistic (equal scores rank ahead of the target)",
+        "path": dg.MetadataValue.path(str(settings.paths(cfg.name).stage_dir("evaluation") / "leaderboard.md")),
+    })
+
+
+@dg.asset_check(asset=evaluation, blocking=True, partitions_def=dataset_partitions,
+                description="pandera EvaluationResults (schemas/training.py); every model scored on the same "
+                            "test examples, with and without the filter.")
+def evaluation_contract(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
+    path = settings.paths(context.partition_key).stage_dir("evaluation") / "results.parquet"
+    r = validate_parquet(path, EvaluationResults)
+    if r.passed:
+        overall = pl.read_parquet(path).filter(pl.col("target_behavior") == "all")
+        sizes = overall.group_by("filter").agg(pl.col("n").n_unique().alias("sizes"), pl.col("model").n_unique().alias("models"))
+        bad = sizes.filter((pl.col("sizes") != 1) | (pl.col("models") != len(MODELS)))
+        if bad.height or sizes.height != 2:
+            return dg.AssetCheckResult(passed=False, description=f"models were not scored on the same examples: "
+                                                                 f"{json.dumps(sizes.to_dicts())}")
+    return check_result(r)
+
+
+training_assets = [*trained_models, evaluation]
+training_checks = [evaluation_contract]

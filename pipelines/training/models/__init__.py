@@ -1,0 +1,1 @@
+"""One module per model; ``base`` holds the shared interface."""

@@ -1,0 +1,132 @@
+"""Shared transformer pieces for the sequential models (SASRec, behavior-set models).
+
+A pre-LayerNorm causal transformer in the spirit of nanoGPT's ``Block``: ``x + attn(ln(x))`` then
+``x + mlp(ln(x))``, with a final LayerNorm after the stack. Two additions for recommendation data:
+
+- **left padding**: ``keep`` [B, L] marks real steps; padded keys are hidden from every query;
+- **attention bias**: an optional additive bias [B, L, L] or [B, heads, L, L] (e.g. behavior-aware
+  attention) is added to the attention logits before the softmax.
+
+Every position may always attend to itself, so a query whose visible keys are all padding (a padded
+position, or any position of an all-padding row) still has one finite logit: no NaN, and padded
+positions never leak into real ones.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def causal_mask(length: int, device: torch.device | None = None) -> torch.Tensor:
+    """[L, L] bool, True where query i may see key j (j <= i)."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).tril()
+
+
+def attention_mask(keep: torch.Tensor, causal: bool = True) -> torch.Tensor:
+    """[B, 1, L, L] bool, True where attention is allowed.
+
+    ``keep``: [B, L] bool, True on real (non-padding) steps. A query sees the real keys at or before
+    it (all real keys when ``causal`` is False) and always itself.
+    """
+    length = keep.shape[1]
+    allowed = keep[:, None, :].expand(-1, length, -1)  # [B, L(query), L(key)]
+    if causal:
+        allowed = allowed & causal_mask(length, keep.device)
+    allowed = allowed | torch.eye(length, dtype=torch.bool, device=keep.device)
+    return allowed[:, None]
+
+
+def right_aligned_positions(length: int, max_len: int, device: torch.device | None = None) -> torch.Tensor:
+    """[L] position ids for a left-padded window of ``length`` <= ``max_len`` columns.
+
+    The last column is always position ``max_len - 1``, so a step's position counts from the end of
+    the window and does not depend on how much left padding the batch happens to carry.
+    """
+    if length > max_len:
+        raise ValueError(f"sequence length {length} exceeds max_len {max_len}")
+    return torch.arange(max_len - length, max_len, device=device)
+
+
+def next_in_sequence(history: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """[B, L, ...] history and [B, ...] target -> [B, L, ...]: at each column, what comes next
+    (the following history step; the target after the last column)."""
+    return torch.cat([history[:, 1:], target[:, None]], dim=1)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a boolean mask and an optional additive bias."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
+        self.heads = heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, L, D]; allowed [B, 1|H, L, L] bool; bias None, [B, L, L] or [B, H, L, L]."""
+        b, length, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)
+        q, k, v = (t.view(b, length, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
+        logits_bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device)  # q's dtype under autocast too
+        if bias is not None:
+            logits_bias = logits_bias + (bias[:, None] if bias.dim() == 3 else bias).to(q.dtype)
+        logits_bias = logits_bias.masked_fill(~allowed, float("-inf"))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=logits_bias,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(b, length, d)
+        return self.resid_dropout(self.proj(y))
+
+
+class FeedForward(nn.Module):
+    """Position-wise two-layer MLP (hidden -> 4·hidden -> hidden, GELU)."""
+
+    def __init__(self, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.up = nn.Linear(hidden, 4 * hidden)
+        self.down = nn.Linear(4 * hidden, hidden)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down(F.gelu(self.up(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: attention then feed-forward, each with a residual."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(hidden)
+        self.attn = SelfAttention(hidden, heads, dropout)
+        self.ln_mlp = nn.LayerNorm(hidden)
+        self.mlp = FeedForward(hidden, dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_attn(x), allowed, bias)
+        return x + self.mlp(self.ln_mlp(x))
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of causal pre-LN blocks plus a final LayerNorm.
+
+    ``forward(x, keep, bias)``: x [B, L, D] step inputs, keep [B, L] bool real steps, bias an
+    optional additive attention bias shared by all blocks. Returns [B, L, D]; outputs at real
+    positions depend only on real steps at or before them.
+    """
+
+    def __init__(self, hidden: int, blocks: int, heads: int, dropout: float, causal: bool = True) -> None:
+        super().__init__()
+        self.causal = causal
+        self.blocks = nn.ModuleList(Block(hidden, heads, dropout) for _ in range(blocks))
+        self.ln_final = nn.LayerNorm(hidden)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        allowed = attention_mask(keep, self.causal)
+        for block in self.blocks:
+            x = block(x, allowed, bias)
+        return self.ln_final(x)

@@ -1,0 +1,76 @@
+"""SASRec: self-attentive sequential recommendation over item ids only (Kang & McAuley, ICDM 2018).
+
+Each history step is its item embedding plus a learned position embedding; a causal transformer
+reads the sequence, and the state at a position is a user's taste right after that step. Item
+scores are dot products with the (tied) item embeddings. Behaviors are ignored.
+
+Training follows the paper's "predict the next item at every position" objective, with a full
+softmax over all items instead of the paper's one sampled negative (the stronger, common choice for
+full-ranking evaluation): the input is the history window, the labels are the same window shifted by
+one step with the target appended, and positions whose input is padding carry no loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipelines.training.models.base import Batch, DatasetInfo, Recommender
+from pipelines.training.models.layers import TransformerEncoder, next_in_sequence, right_aligned_positions
+
+
+@dataclass
+class SASRecConfig:
+    hidden: int = 64
+    blocks: int = 2
+    heads: int = 1
+    dropout: float = 0.2
+
+
+def next_item_labels(items: torch.Tensor, target_items: torch.Tensor) -> torch.Tensor:
+    """[B, L] label of each position: the following history item, the target for the last column,
+    and 0 (ignored) where the input itself is padding."""
+    return next_in_sequence(items, target_items).masked_fill(items == 0, 0)
+
+
+class SASRec(Recommender):
+    """Item-sequence transformer; see the module docstring."""
+
+    def __init__(self, info: DatasetInfo, cfg: SASRecConfig | None = None) -> None:
+        super().__init__()
+        cfg = cfg or SASRecConfig()
+        self.info, self.cfg = info, cfg
+        self.item_emb = nn.Embedding(info.n_items + 1, cfg.hidden, padding_idx=0)  # row = item id + 1
+        self.pos_emb = nn.Embedding(info.max_len, cfg.hidden)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.encoder = TransformerEncoder(cfg.hidden, cfg.blocks, cfg.heads, cfg.dropout)
+        nn.init.normal_(self.item_emb.weight[1:], std=0.02)  # keep padding row at zero
+        nn.init.normal_(self.pos_emb.weight, std=0.02)
+
+    def encode(self, items: torch.Tensor) -> torch.Tensor:
+        """items [B, L] (item id + 1, left-padded) -> hidden states [B, L, D]."""
+        keep = items > 0
+        positions = right_aligned_positions(items.shape[1], self.info.max_len, items.device)
+        x = self.item_emb(items) * self.cfg.hidden ** 0.5 + self.pos_emb(positions)
+        x = self.dropout(x) * keep[..., None]
+        return self.encoder(x, keep)
+
+    def item_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """[..., D] -> [..., n_items]: dot products with every real item's embedding (row j+1 = item j)."""
+        return h @ self.item_emb.weight[1:].T
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        items = batch["items"]
+        labels = next_item_labels(items, batch["target_items"])
+        h = self.encode(items)
+        real = labels > 0
+        logits = self.item_logits(h[real])  # only real positions: [N, n_items]
+        losses = F.cross_entropy(logits, labels[real] - 1, reduction="sum")
+        return losses / real.sum().clamp(min=1)
+
+    def score(self, batch: Batch) -> torch.Tensor:
+        h = self.encode(batch["items"])[:, -1]
+        return self.item_logits(h)

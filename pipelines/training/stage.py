@@ -1,0 +1,292 @@
+"""File-level orchestration of training and evaluation (what the Dagster assets call; no Dagster here).
+
+Layout under data/outputs/<dataset>/:
+    training/<protocol>/<model>/checkpoint.pt   best weights + model/run config + data version
+    training/<protocol>/<model>/run.json        the same metadata and the training curve, readable
+    evaluation/results.parquet                  one row per (model, filter, breakdown)
+    evaluation/leaderboard.md
+and across datasets: data/outputs/leaderboard.parquet, data/outputs/leaderboard.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipelines.registry import DatasetConfig, RegistryError
+from pipelines.reporting import markdown_table
+from pipelines.sequences import model_ready
+from pipelines.sequences.options import SequenceOptions
+from pipelines.sequences.splits import PROTOCOLS
+from pipelines.sequences.stage import ROWS_PER_SHARD, split_dir, steps_path
+from pipelines.storage import DatasetPaths, read_user_range, user_shards, write_parquet_atomic, write_text_atomic
+from pipelines.training.evaluate import evaluate
+from pipelines.training.models.base import DatasetInfo, Recommender
+from pipelines.training.trainer import TrainConfig, load_checkpoint, save_checkpoint, train
+
+Log = Callable[[str], None]
+MODELS = ("popularity", "recent_history", "sasrec", "behavior_set", "generative_sid")
+KS = (5, 10, 20)
+# Defaults per model, tuned on the generated datasets (small: ~1.5k users); registry
+# ``stages.training.models.<model>`` and the Dagster run config override them.
+DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
+    "sasrec": {"epochs": 30, "patience": 5, "max_minutes": 1.0},
+    "behavior_set": {"epochs": 30, "patience": 5, "max_minutes": 1.0},
+    "generative_sid": {"epochs": 30, "patience": 5, "max_minutes": 1.0, "learning_rate": 3e-3, "batch_size": 64},
+}
+
+
+class TrainingOptions(BaseModel):
+    """``datasets.<name>.stages.training`` in the registry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    protocol: str = Field(default="leave_one_out", description="The split models train and are evaluated on.")
+    mask_history: int = Field(default=0, ge=0, description="Exclude the last n history items from the ranking (0: none).")
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Hyperparameters per model.")
+
+    @classmethod
+    def of(cls, cfg: DatasetConfig) -> "TrainingOptions":
+        try:
+            opts = cls.model_validate(cfg.stages.get("training", {}))
+        except ValidationError as e:
+            where = "; ".join(f"datasets.{cfg.name}.stages.training.{'.'.join(map(str, x['loc']))}: {x['msg']}"
+                              for x in e.errors())
+            raise RegistryError(f"invalid training options: {where}") from None
+        unknown = sorted(set(opts.models) - set(MODELS))
+        if unknown:
+            raise RegistryError(f"datasets.{cfg.name}.stages.training.models: unknown model(s) {unknown}; known: {MODELS}")
+        if opts.protocol not in PROTOCOLS:
+            raise RegistryError(f"datasets.{cfg.name}.stages.training.protocol: {opts.protocol!r} is not one of {PROTOCOLS}")
+        return opts
+
+    def params(self, name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Hyperparameters of one model: built-in defaults < registry < ``overrides`` (run config)."""
+        return DEFAULT_PARAMS.get(name, {}) | self.models.get(name, {}) | (overrides or {})
+
+
+def model_config_class(name: str) -> type | None:
+    """The config dataclass of a model (None for the count-based baselines)."""
+    if name == "sasrec":
+        from pipelines.training.models.sasrec import SASRecConfig
+        return SASRecConfig
+    if name == "behavior_set":
+        from pipelines.training.models.behavior_set import BehaviorSetConfig
+        return BehaviorSetConfig
+    if name == "generative_sid":
+        from pipelines.training.models.generative_sid import GenerativeSIDConfig
+        return GenerativeSIDConfig
+    if name in ("popularity", "recent_history"):
+        return None
+    raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+
+
+def split_configs(name: str, params: dict[str, Any]) -> tuple[dict[str, Any], TrainConfig]:
+    """Split flat hyperparameters into the model's config fields and the TrainConfig; unknown keys fail."""
+    cls = model_config_class(name)
+    model_fields = {f.name for f in dataclasses.fields(cls)} if cls else set()
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(params) - model_fields - train_fields)
+    if unknown:
+        raise ValueError(f"{name}: unknown hyperparameter(s) {unknown}; model fields {sorted(model_fields)}, "
+                         f"training fields {sorted(train_fields)}")
+    return ({k: v for k, v in params.items() if k in model_fields},
+            TrainConfig(**{k: v for k, v in params.items() if k in train_fields}))
+
+
+def model_ready_dir(paths: DatasetPaths, protocol: str) -> Path:
+    return paths.stage_dir("model_ready") / protocol
+
+
+def load_arrays(paths: DatasetPaths, protocol: str, role: str) -> dict[str, np.ndarray]:
+    path = model_ready_dir(paths, protocol) / f"{role}.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: materialize model_ready_sequences for protocol '{protocol}' first")
+    return model_ready.load(path)
+
+
+def dataset_info(paths: DatasetPaths, cfg: DatasetConfig, max_len: int) -> DatasetInfo:
+    ingest = paths.stage_dir("ingest")
+    count = lambda f: pl.scan_parquet(ingest / f).select(pl.len()).collect().item()  # noqa: E731
+    return DatasetInfo(n_items=count("item_id_map.parquet"), n_users=count("user_id_map.parquet"),
+                       n_behaviors=len(cfg.behaviors), max_len=max_len)
+
+
+def data_version(paths: DatasetPaths, protocol: str, extra: list[Path] = ()) -> str:
+    """sha256 over the model-ready arrays (and e.g. the SIDs) a model was trained on."""
+    h = hashlib.sha256()
+    for f in [*(model_ready_dir(paths, protocol) / f"{r}.npz" for r in ("train", "valid", "test")), *extra]:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def semantic_id_codes(paths: DatasetPaths) -> tuple[np.ndarray, list[int]]:
+    """Codes [n_items, D] (semantic levels + dedup) and the size of each level, from the SIDs asset."""
+    out = paths.stage_dir("semantic_ids")
+    if not (out / "semantic_ids.parquet").is_file():
+        raise FileNotFoundError(f"{out / 'semantic_ids.parquet'} not found: materialize semantic_ids first")
+    table = pl.read_parquet(out / "semantic_ids.parquet").sort("item_id")
+    build = json.loads((out / "build.json").read_text())
+    codes = np.stack(table["codes"].to_numpy())
+    if build["dedup"]:
+        codes = np.concatenate([codes, table["dedup"].to_numpy()[:, None]], axis=1)
+    return codes.astype(np.int64), [int(s) for s in build["sizes"]]
+
+
+def build_model(name: str, info: DatasetInfo, model_params: dict[str, Any], paths: DatasetPaths,
+                cfg: DatasetConfig, protocol: str, seed: int) -> Recommender:
+    torch.manual_seed(seed)  # weights and the behavior-set model's negative sampler
+    if name == "popularity":
+        from pipelines.training.models.popularity import Popularity
+        return Popularity(info)
+    if name == "recent_history":
+        from pipelines.training.models.recent_history import RecentHistory
+        return RecentHistory(info)
+    if name == "sasrec":
+        from pipelines.training.models.sasrec import SASRec, SASRecConfig
+        return SASRec(info, SASRecConfig(**model_params))
+    if name == "behavior_set":
+        from pipelines.training.models.behavior_set import BehaviorSetConfig, BehaviorSetModel, default_augment
+        mcfg = BehaviorSetConfig(**model_params)
+        augment = None
+        if mcfg.contrastive_weight > 0:
+            stats = json.loads((paths.stage_dir("statistics") / protocol / "statistics.json").read_text())
+            aux = [cfg.behavior_names.index(b) for b in cfg.auxiliary]
+            augment = default_augment(np.array(stats["M"]), np.array(stats["mask_prob"]), aux,
+                                      mcfg.augmentation_ratio, seed)
+        return BehaviorSetModel(info, mcfg, augment=augment)
+    if name == "generative_sid":
+        from pipelines.training.models.generative_sid import GenerativeSID, GenerativeSIDConfig
+        codes, sizes = semantic_id_codes(paths)
+        return GenerativeSID(info, codes, sizes, GenerativeSIDConfig(**model_params))
+    raise ValueError(f"unknown model {name!r}")
+
+
+def run_dir(paths: DatasetPaths, protocol: str, name: str) -> Path:
+    return paths.stage_dir("training") / protocol / name
+
+
+def materialize_training(cfg: DatasetConfig, paths: DatasetPaths, name: str, params: dict[str, Any], *,
+                         protocol: str = "leave_one_out", log: Log = print) -> dict[str, Any]:
+    """Train one model on one split's model-ready arrays; write its checkpoint and run.json."""
+    model_params, train_cfg = split_configs(name, params)
+    train_arrays, valid_arrays = load_arrays(paths, protocol, "train"), load_arrays(paths, protocol, "valid")
+    info = dataset_info(paths, cfg, train_arrays["items"].shape[1])
+    model = build_model(name, info, model_params, paths, cfg, protocol, train_cfg.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"{cfg.name}/{protocol}/{name}: {n_params:,} parameters; {len(train_arrays['user_ids']):,} training "
+        f"sequences, {len(valid_arrays['user_ids']):,} validation examples")
+    result = train(model, train_arrays, valid_arrays, cfg.behavior_names, train_cfg, log=log)
+    extra = [paths.stage_dir("semantic_ids") / "semantic_ids.parquet"] if name == "generative_sid" else []
+    cls = model_config_class(name)
+    resolved = dataclasses.asdict(cls(**model_params)) if cls else {}  # every field, defaults included
+    meta = {"dataset": cfg.name, "protocol": protocol, "model": name, "model_config": resolved,
+            "train_config": dataclasses.asdict(train_cfg), "info": dataclasses.asdict(info),
+            "data_version": data_version(paths, protocol, extra), "parameters": n_params,
+            "device": str(model.device), "best_epoch": result.best_epoch, "best_valid": result.best_valid,
+            "stopped": result.stopped, "train_seconds": result.train_seconds, "curve": result.curve}
+    out = run_dir(paths, protocol, name)
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out / "checkpoint.pt", model, meta)
+    write_text_atomic(json.dumps(meta, indent=2, default=str), out / "run.json")
+    return meta
+
+
+def load_trained(paths: DatasetPaths, cfg: DatasetConfig, protocol: str, name: str,
+                 device: str = "cpu") -> tuple[Recommender, dict[str, Any]]:
+    ckpt = load_checkpoint(run_dir(paths, protocol, name) / "checkpoint.pt")
+    info = DatasetInfo(**ckpt["info"])
+    model = build_model(name, info, ckpt["model_config"], paths, cfg, protocol, ckpt["train_config"]["seed"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device), ckpt
+
+
+# evaluation ----------------------------------------------------------------------------------------
+
+def unfiltered_test_arrays(cfg: DatasetConfig, paths: DatasetPaths, protocol: str,
+                           rows_per_shard: int = ROWS_PER_SHARD) -> dict[str, np.ndarray]:
+    """Test arrays built from the examples *before* the leakage filter (same targets, leaky histories)."""
+    max_len = SequenceOptions.of(cfg).max_len
+    parts = []
+    for lo, hi in user_shards(steps_path(paths), rows_per_shard):
+        steps = read_user_range(steps_path(paths), lo, hi)
+        ex = read_user_range(split_dir(paths, protocol) / "examples_unfiltered.parquet", lo, hi) \
+            .filter(pl.col("role") == "test")
+        parts.append(model_ready.build(steps, ex, max_len))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def materialize_evaluation(cfg: DatasetConfig, paths: DatasetPaths, models: list[str], *,
+                           protocol: str = "leave_one_out", mask_history: int = 0, device: str = "auto",
+                           log: Log = print) -> pl.DataFrame:
+    """Full-ranking test metrics of every trained model, with and without the leakage filter."""
+    from pipelines.training.models.base import pick_device
+
+    dev = pick_device(device)
+    filtered = load_arrays(paths, protocol, "test")
+    unfiltered = unfiltered_test_arrays(cfg, paths, protocol)
+    opts = SequenceOptions.of(cfg)
+    rows = []
+    for name in models:
+        model, ckpt = load_trained(paths, cfg, protocol, name, device=str(dev))
+        for label, arrays in ((opts.leakage_filter, filtered), ("off", unfiltered)):
+            start = time.perf_counter()
+            res = evaluate(model, arrays, cfg.behavior_names, mask_history=mask_history, ks=KS,
+                           beam_k=max(KS) + mask_history if not model.full_ranking else None)
+            seconds = time.perf_counter() - start
+            base = {"dataset": cfg.name, "protocol": protocol, "model": name, "filter": label,
+                    "mask_history": mask_history, "data_version": ckpt["data_version"],
+                    "eval_seconds": round(seconds, 3)}
+            rows.append(base | {"target_behavior": "all"} | res.metrics)
+            rows.extend(base | {"target_behavior": b} | m for b, m in res.per_behavior.items())
+            log(f"{cfg.name}/{protocol}/{name} [filter {label}]: NDCG@10 {res.metrics['ndcg@10']:.4f}, "
+                f"HR@10 {res.metrics['hr@10']:.4f}, MRR {res.metrics['mrr']:.4f} over {res.metrics['n']:,} "
+                f"examples ({seconds:.2f} s)")
+    table = pl.DataFrame(rows).with_columns(pl.col("n").cast(pl.Int64))
+    out = paths.stage_dir("evaluation")
+    write_parquet_atomic(table, out / "results.parquet")
+    write_text_atomic(leaderboard_markdown(table, f"Leaderboard: {cfg.name}"), out / "leaderboard.md")
+    return table
+
+
+def leaderboard(table: pl.DataFrame) -> pl.DataFrame:
+    """One row per (dataset, protocol, model): test metrics after the filter and without it, side by side."""
+    overall = table.filter(pl.col("target_behavior") == "all")
+    filtered = overall.filter(pl.col("filter") != "off")
+    off = overall.filter(pl.col("filter") == "off").select(
+        "dataset", "protocol", "model", *(pl.col(m).alias(f"{m} (unfiltered)") for m in ("ndcg@10", "hr@10", "mrr")))
+    return (filtered.select("dataset", "protocol", "model", "filter", "n", "hr@5", "hr@10", "hr@20", "ndcg@5",
+                            "ndcg@10", "ndcg@20", "mrr")
+            .join(off, on=["dataset", "protocol", "model"], how="left")
+            .sort(["dataset", "protocol", "ndcg@10"], descending=[False, False, True]))
+
+
+def leaderboard_markdown(table: pl.DataFrame, title: str) -> str:
+    board = leaderboard(table).with_columns(pl.col(pl.Float64).round(4))
+    return (f"# {title}\n\nFull ranking over all items; ties count against the target (pessimistic); "
+            "history items are not masked unless `mask_history` says so. `filter` is the leakage filter "
+            "applied to the test histories; the `(unfiltered)` columns score the same targets with the leak "
+            "left in.\n\n" + markdown_table(board, max_rows=200) + "\n")
+
+
+def update_global_leaderboard(data_root: Path) -> pl.DataFrame:
+    """Concatenate every dataset's evaluation results into data/outputs/leaderboard.{parquet,md}."""
+    files = sorted((data_root / "outputs").glob("*/evaluation/results.parquet"))
+    table = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed") if files else pl.DataFrame()
+    if table.height:
+        write_parquet_atomic(table, data_root / "outputs" / "leaderboard.parquet")
+        write_text_atomic(leaderboard_markdown(table, "Leaderboard: all datasets"), data_root / "outputs" / "leaderboard.md")
+    return table
