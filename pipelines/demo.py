@@ -63,6 +63,19 @@ def main(argv: list[str] | None = None) -> int:
                                      a.filter(pl.col("filter") != "off").row(0, named=True))
                     print(f"   leak (leave-one-out, k=10): 'recent history' HR@10 {before['recent_hr']:.3f} unfiltered, "
                           f"{after['recent_hr']:.3f} after filter '{after['filter']}'")
+            sid_path = settings.paths(key).stage_dir("semantic_ids") / "quality.json"
+            if sid_path.is_file():
+                q = json.loads(sid_path.read_text())
+                depth1 = q["quality"]["coherence"][0] if q["quality"]["coherence"] else {"ratio": float("nan")}
+                print(f"   semantic IDs {'x'.join(map(str, q['sizes']))} ({q['method']}): collision rate before dedup "
+                      f"{q['quality']['collisions']['collision_rate']:.3f}; depth-1 coherence {depth1['ratio']:.1f}x random")
+            results = settings.paths(key).stage_dir("evaluation") / "results.parquet"
+            if results.is_file():
+                import polars as pl
+
+                r = pl.read_parquet(results).filter(pl.col("target_behavior") == "all")
+                after = r.filter(pl.col("filter") != "off").sort("ndcg@10", descending=True)
+                print("   test NDCG@10 (filtered): " + ", ".join(f"{m} {v:.4f}" for m, v in after.select("model", "ndcg@10").rows()))
             if bad_checks:
                 print(f"   failed checks: {bad_checks}")
     root = settings.paths(keys[0]).root
@@ -70,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  tables and reports  {root / 'outputs'}/<dataset>/<stage>/")
     print(f"  leakage audits      {root / 'outputs'}/<dataset>/leakage/leakage_audit.md (+ .png)")
     print(f"  dataset cards       {root / 'outputs'}/<dataset>/card/dataset_card.html")
+    print(f"  leaderboard         {root / 'outputs' / 'leaderboard.md'}   (every dataset and model)")
+    print(f"  semantic IDs        {root / 'outputs'}/<dataset>/semantic_ids/quality_report.md, exports/")
     print(f"  Data Docs           {root / 'outputs'}/<dataset>/quality/data_docs/*/index.html")
     print(f"  generated raw data  {root / 'generated'}/<dataset>/   (used because data/raw/<dataset>/ is empty)")
     print(f"  Dagster run history {os.environ['DAGSTER_HOME']}   (open with: make ui)")

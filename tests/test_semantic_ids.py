@@ -67,6 +67,17 @@ def test_embeddings_are_normalized_cached_and_only_new_texts_are_embedded(tmp_pa
     assert first.vectors[0] @ first.vectors[1] > third.vectors[0] @ third.vectors[1]
 
 
+def test_onnx_backend_agrees_with_torch_and_is_cached_separately(tmp_path):
+    pytest.importorskip("onnxruntime")
+    texts = pl.DataFrame({"item_id": [0, 1], "text": ["red running shoes", "category gaming > role playing"]})
+    torch_run = embed_with_cache(texts, "all-MiniLM-L6-v2", tmp_path / "c.parquet", log=lambda _: None)
+    onnx_run = embed_with_cache(texts, "all-MiniLM-L6-v2", tmp_path / "c.parquet", backend="onnx",
+                                onnx_cache=tmp_path / "onnx", log=lambda _: None)
+    assert onnx_run.embedded == 2  # its own cache keys: vectors of different backends never mix
+    assert ((torch_run.vectors * onnx_run.vectors).sum(1) >= 0.99).all()
+    assert len(list((tmp_path / "onnx").glob("*/model.onnx"))) == 1  # exported once, reused
+
+
 def test_null_texts_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="nulls"):
         embed_with_cache(pl.DataFrame({"item_id": [0], "text": [None]}, schema={"item_id": pl.Int64, "text": pl.String}),
@@ -112,6 +123,14 @@ def test_balanced_assign_hand_example():
     # capacity 1 on 3 clusters: item 1 loses cluster 0 to the closer item 0 and takes cluster 1 (its next best)
     dist3 = np.array([[0.0, 9.0, 9.0], [1.0, 2.0, 9.0], [9.0, 9.0, 9.0]])
     assert quantizers.balanced_assign(dist3, 1).tolist() == [0, 1, 2]
+
+
+def test_training_points_per_code_caps_the_kmeans_sample():
+    x, _ = blobs(n=600)
+    capped = quantizers.kmeans(x, 8, niter=10, seed=0, points_per_code=10)  # 80 of 600 points
+    full = quantizers.kmeans(x, 8, niter=10, seed=0, points_per_code=0)
+    assert not np.array_equal(capped, full)
+    assert np.array_equal(full, quantizers.kmeans(x, 8, niter=10, seed=0, points_per_code=1000))
 
 
 def test_bad_quantizer_input_gives_clear_errors():

@@ -20,8 +20,8 @@ TRAINED = ("sasrec", "behavior_set", "generative_sid")
 @pytest.fixture(scope="module")
 def taobao(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    # the registry's defaults, capped so the test stays a few minutes on 2 CPU cores
-    materialize_project("taobao", root, training={"max_minutes": 0.6, "epochs": 20})
+    # the registry's defaults (epoch counts, no wall-clock cap: the result must not depend on machine speed)
+    materialize_project("taobao", root, training={})
     return root
 
 

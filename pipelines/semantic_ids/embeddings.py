@@ -41,17 +41,17 @@ def resolve_model(name: str) -> str:
     return str(path.resolve()) if path.exists() else name
 
 
-def model_identity(name: str) -> str:
-    """What the cache key depends on: the resolved model and its weights file's size and mtime-free digest."""
+def model_identity(name: str, backend: str = "torch") -> str:
+    """What the cache key depends on: the model name, its weights file (name and size) and the backend."""
     resolved = resolve_model(name)
     weights = [p for p in (Path(resolved) / "model.safetensors", Path(resolved) / "pytorch_model.bin") if p.is_file()]
     tag = f"{weights[0].name}:{weights[0].stat().st_size}" if weights else "no-local-weights"
-    return f"{name}|{tag}"
+    return f"{name}|{tag}" + ("" if backend == "torch" else f"|{backend}")
 
 
-def text_keys(texts: pl.Series, model: str) -> pl.Series:
-    """sha256 of ``model_identity + NUL + text`` as hex, one per text."""
-    prefix = model_identity(model) + "\x00"
+def text_keys(texts: pl.Series, model: str, backend: str = "torch") -> pl.Series:
+    """sha256 of ``model_identity + NUL + text`` as hex, one per text (hashlib per item: items, not events)."""
+    prefix = model_identity(model, backend) + "\x00"
     return texts.map_elements(lambda t: hashlib.sha256((prefix + t).encode()).hexdigest(), return_dtype=pl.String)
 
 
@@ -64,7 +64,7 @@ def pick_device(requested: str) -> str:
 
 
 @lru_cache(maxsize=4)
-def load_encoder(name: str, device: str):
+def load_sentence_transformer(name: str, device: str):
     """A SentenceTransformer, offline; cached per process."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
@@ -78,13 +78,41 @@ def load_encoder(name: str, device: str):
             "Give a local model directory, or the default 'all-MiniLM-L6-v2'.") from e
 
 
-def encode(texts: list[str], model: str, *, batch_size: int = 128, device: str = "auto",
-           log: Log = print) -> np.ndarray:
+class TextEncoder:
+    """One interface over the backends: ``encode(texts, batch_size)`` -> normalized float32 [n, d]."""
+
+    def __init__(self, name: str, backend: str = "torch", device: str = "auto", onnx_cache: Path | None = None) -> None:
+        self.backend = backend
+        if backend == "torch":
+            self.st = load_sentence_transformer(name, pick_device(device))
+            self.agreement = 1.0
+        elif backend == "onnx":
+            from pipelines.semantic_ids import onnx_backend
+
+            self.st = load_sentence_transformer(name, "cpu")
+            cache = onnx_cache or Path(os.environ.get("MBREC_ONNX_CACHE", Path.home() / ".cache" / "mbrec" / "onnx"))
+            self.onnx, self.agreement = onnx_backend.load(self.st, model_identity(name), cache)
+        else:
+            raise EmbeddingModelError(f"unknown embedding backend {backend!r}: torch | onnx")
+        st = self.st
+        self.dimension = int(st.get_embedding_dimension() if hasattr(st, "get_embedding_dimension")
+                             else st.get_sentence_embedding_dimension())
+
+    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        if self.backend == "onnx":
+            return self.onnx.encode(texts, batch_size)
+        return self.st.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                              show_progress_bar=False).astype(np.float32)
+
+
+@lru_cache(maxsize=4)
+def load_encoder(name: str, backend: str = "torch", device: str = "auto", onnx_cache: Path | None = None) -> TextEncoder:
+    return TextEncoder(name, backend, device, onnx_cache)
+
+
+def encode(texts: list[str], encoder: TextEncoder, *, batch_size: int = 128, log: Log = print) -> np.ndarray:
     """L2-normalized float32 embeddings [len(texts), d], with a progress line per ~10% of the texts."""
-    encoder = load_encoder(model, pick_device(device))
-    d = encoder.get_embedding_dimension() if hasattr(encoder, "get_embedding_dimension") \
-        else encoder.get_sentence_embedding_dimension()
-    out = np.zeros((len(texts), d), dtype=np.float32)
+    out = np.zeros((len(texts), encoder.dimension), dtype=np.float32)
     if not texts:
         return out
     # sort by length so batches pad little; results go back to input order
@@ -93,11 +121,10 @@ def encode(texts: list[str], model: str, *, batch_size: int = 128, device: str =
     start = time.perf_counter()
     for lo in range(0, len(texts), chunk):
         idx = order[lo:lo + chunk]
-        out[idx] = encoder.encode([texts[i] for i in idx], batch_size=batch_size, normalize_embeddings=True,
-                                  convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
+        out[idx] = encoder.encode([texts[i] for i in idx], batch_size)
         done = min(lo + chunk, len(texts))
         rate = done / max(time.perf_counter() - start, 1e-9)
-        log(f"embedded {done:,}/{len(texts):,} texts ({rate:,.0f} texts/s)")
+        log(f"embedded {done:,}/{len(texts):,} texts ({rate:,.0f} texts/s, {encoder.backend})")
     return out
 
 
@@ -111,27 +138,31 @@ class EmbeddingRun:
 
 
 def embed_with_cache(texts: pl.DataFrame, model: str, cache_path: Path, *, batch_size: int = 128,
-                     device: str = "auto", log: Log = print) -> EmbeddingRun:
+                     device: str = "auto", backend: str = "torch", onnx_cache: Path | None = None,
+                     log: Log = print) -> EmbeddingRun:
     """Embeddings for ``texts`` (item_id, text) rows; identical texts are embedded once.
 
     The cache (parquet: key, vector) gains the new texts' vectors and is rewritten atomically.
     """
     start = time.perf_counter()
-    if texts.height and texts["text"].is_null().any():
+    if texts.height == 0:
+        raise ValueError("no item texts to embed: item_side_info is empty")
+    if texts["text"].is_null().any():
         raise ValueError("item texts contain nulls; build them with item_texts() (it falls back to the item id)")
-    keyed = texts.with_columns(text_keys(texts["text"], model).alias("key"))
+    keyed = texts.with_columns(text_keys(texts["text"], model, backend).alias("key"))
     unique = keyed.unique("key", keep="first", maintain_order=True).select("key", "text")
     cache = pl.read_parquet(cache_path) if cache_path.is_file() else None
     known = unique.join(cache.select("key"), on="key", how="semi") if cache is not None else unique.clear()
     todo = unique.join(known, on="key", how="anti", maintain_order="left")
     log(f"{unique.height:,} distinct texts: {known.height:,} from the cache, {todo.height:,} to embed")
-    new = encode(todo["text"].to_list(), model, batch_size=batch_size, device=device, log=log)
+    new = (encode(todo["text"].to_list(), load_encoder(model, backend, device, onnx_cache), batch_size=batch_size, log=log)
+           if todo.height else np.zeros((0, 0), dtype=np.float32))
     d = new.shape[1] if todo.height else (cache["vector"].dtype.size if cache is not None else new.shape[1])
     fresh = pl.DataFrame({"key": todo["key"], "vector": pl.Series("vector", new, dtype=pl.Array(pl.Float32, d))})
     table = fresh if cache is None else pl.concat([cache, fresh])  # old texts stay: a revert is free
     if todo.height:
         write_parquet_atomic(table.sort("key"), cache_path)
     vec = keyed.select("key").join(table, on="key", how="left", maintain_order="left")["vector"]
-    vectors = vec.to_numpy().astype(np.float32, copy=False) if texts.height else np.zeros((0, d), np.float32)
+    vectors = vec.to_numpy().astype(np.float32, copy=False)
     return EmbeddingRun(np.ascontiguousarray(vectors), embedded=todo.height, cached=known.height,
                         unique_texts=unique.height, seconds=time.perf_counter() - start)

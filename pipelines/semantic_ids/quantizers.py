@@ -6,8 +6,8 @@ refresh). Codebooks are plain numpy arrays (saved as ``.npz``), so assignment ne
 pickled faiss object. Every k-means is seeded; faiss gives bit-identical centroids for one seed.
 
 - ``residual_kmeans`` (RQ-KMeans; MiniOneRec / GRID 3×256, GAMER 4×256): k-means on the vectors,
-  then on the residuals, level by level; faiss' ``max_points_per_centroid`` is raised so every
-  training point is used (faiss silently subsamples to 256·k otherwise).
+  then on the residuals, level by level. Each k-means trains on at most ``points_per_code``·k points
+  (default 256·k, sampled by faiss with the seed; 0 = all): explicit here, where faiss does it silently.
 - ``balanced_kmeans`` (EAGER-style): at every level each node's points are split into ``codes``
   clusters of equal capacity ⌈n/codes⌉; with the dedup level as the position inside the last node,
   every training item gets a distinct ID and no code exceeds ``codes``.
@@ -50,13 +50,18 @@ def _f32(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def kmeans(x: np.ndarray, k: int, *, niter: int, seed: int) -> np.ndarray:
-    """[k, d] centroids of faiss k-means over all of ``x`` (no silent subsampling)."""
+POINTS_PER_CODE = 256  # default cap on k-means training points per code (faiss' own default, made explicit)
+
+
+def kmeans(x: np.ndarray, k: int, *, niter: int, seed: int, points_per_code: int = POINTS_PER_CODE) -> np.ndarray:
+    """[k, d] centroids of faiss k-means. Trains on at most ``points_per_code * k`` rows of ``x``
+    (faiss samples them with ``seed``); ``points_per_code = 0`` trains on every row."""
     n, d = x.shape
     if n < k:
         raise QuantizerError(f"k-means needs at least as many training vectors as codes: {n} < {k}; "
                              "lower stages.semantic_ids.codes (or use more training items)")
-    km = faiss.Kmeans(d, k, niter=niter, seed=seed, max_points_per_centroid=max(256, math.ceil(n / k) + 1),
+    cap = points_per_code if points_per_code > 0 else math.ceil(n / k) + 1
+    km = faiss.Kmeans(d, k, niter=niter, seed=seed, max_points_per_centroid=cap,
                       min_points_per_centroid=1, verbose=False)
     km.train(_f32(x))
     return km.centroids.copy()
@@ -72,11 +77,12 @@ def nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 # residual k-means ---------------------------------------------------------------------------------
 
-def train_residual(x: np.ndarray, levels: int, codes: int, *, niter: int, seed: int) -> Codebooks:
+def train_residual(x: np.ndarray, levels: int, codes: int, *, niter: int, seed: int,
+                   points_per_code: int = POINTS_PER_CODE) -> Codebooks:
     residual = _f32(x).copy()
     books = []
     for level in range(levels):
-        c = kmeans(residual, codes, niter=niter, seed=seed + level)
+        c = kmeans(residual, codes, niter=niter, seed=seed + level, points_per_code=points_per_code)
         residual -= c[nearest(residual, c)]
         books.append(c)
     return Codebooks("residual_kmeans", {"centroids": np.stack(books), "sizes": np.full(levels, codes)})
@@ -118,7 +124,8 @@ def balanced_assign(dist: np.ndarray, capacity: int) -> np.ndarray:
     return labels
 
 
-def train_balanced(x: np.ndarray, levels: int, codes: int, *, niter: int, seed: int) -> tuple[Codebooks, np.ndarray]:
+def train_balanced(x: np.ndarray, levels: int, codes: int, *, niter: int, seed: int,
+                   points_per_code: int = POINTS_PER_CODE) -> tuple[Codebooks, np.ndarray]:
     """Semantic levels of balanced k-means (the dedup level is the position in the last node).
     ``levels = 0`` picks ⌈log_codes n⌉ − 1 (at least 1), so the last nodes hold at most ``codes`` items."""
     x = _f32(x)
@@ -134,7 +141,8 @@ def train_balanced(x: np.ndarray, levels: int, codes: int, *, niter: int, seed: 
         for p in np.unique(node):  # a loop over tree nodes, not over items
             rows = np.flatnonzero(node == p)
             k = min(codes, len(rows))
-            c = kmeans(x[rows], k, niter=niter, seed=seed + level) if k > 1 else x[rows].mean(0, keepdims=True)
+            c = (kmeans(x[rows], k, niter=niter, seed=seed + level, points_per_code=points_per_code) if k > 1
+                 else x[rows].mean(0, keepdims=True))
             dist = ((x[rows, None, :] - c[None]) ** 2).sum(-1)
             lab = balanced_assign(dist, math.ceil(len(rows) / k))
             means = np.stack([x[rows[lab == j]].mean(0) for j in range(k)])
@@ -168,7 +176,8 @@ def assign_balanced(cb: Codebooks, x: np.ndarray, chunk: int = 4096) -> tuple[np
 
 # (optimized) product quantization ----------------------------------------------------------------
 
-def train_pq(x: np.ndarray, subspaces: int, codes: int, *, niter: int, seed: int, rotate: bool) -> Codebooks:
+def train_pq(x: np.ndarray, subspaces: int, codes: int, *, niter: int, seed: int, rotate: bool,
+             points_per_code: int = POINTS_PER_CODE) -> Codebooks:
     x = _f32(x)
     d = x.shape[1]
     if d % subspaces:
@@ -186,7 +195,8 @@ def train_pq(x: np.ndarray, subspaces: int, codes: int, *, niter: int, seed: int
             faiss.omp_set_num_threads(threads)
     xr = _f32(x @ rotation.T)
     dsub = d // subspaces
-    books = np.stack([kmeans(xr[:, m * dsub:(m + 1) * dsub], codes, niter=niter, seed=seed + m)
+    books = np.stack([kmeans(xr[:, m * dsub:(m + 1) * dsub], codes, niter=niter, seed=seed + m,
+                             points_per_code=points_per_code)
                       for m in range(subspaces)])
     return Codebooks("opq" if rotate else "pq", {"centroids": books, "rotation": rotation,
                                                  "sizes": np.full(subspaces, codes)})
@@ -208,19 +218,19 @@ def assign_pq(cb: Codebooks, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # dispatch -------------------------------------------------------------------------------------------
 
 def train(method: str, x: np.ndarray, *, levels: int, codes: int, subspaces: int, niter: int,
-          seed: int) -> tuple[Codebooks, np.ndarray]:
+          seed: int, points_per_code: int = POINTS_PER_CODE) -> tuple[Codebooks, np.ndarray]:
     """Codebooks trained on ``x`` and the codes of ``x`` [n, levels]."""
     if len(x) == 0:
         raise QuantizerError("no training vectors: the training split has no items")
     if not np.isfinite(x).all():
         raise QuantizerError("training vectors contain NaN or inf")
     if method == "residual_kmeans":
-        cb = train_residual(x, levels, codes, niter=niter, seed=seed)
+        cb = train_residual(x, levels, codes, niter=niter, seed=seed, points_per_code=points_per_code)
         return cb, assign(cb, x)[0]
     if method == "balanced_kmeans":
-        return train_balanced(x, levels, codes, niter=niter, seed=seed)
+        return train_balanced(x, levels, codes, niter=niter, seed=seed, points_per_code=points_per_code)
     if method in ("pq", "opq"):
-        cb = train_pq(x, subspaces, codes, niter=niter, seed=seed, rotate=method == "opq")
+        cb = train_pq(x, subspaces, codes, niter=niter, seed=seed, rotate=method == "opq", points_per_code=points_per_code)
         return cb, assign(cb, x)[0]
     raise QuantizerError(f"unknown method {method!r}")
 

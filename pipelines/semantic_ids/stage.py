@@ -83,9 +83,10 @@ def materialize_embeddings(cfg: DatasetConfig, paths: DatasetPaths, log: Log = p
     parts, meta = [], {"source": opts.source}
     if "text" in opts.source:
         run = embed_with_cache(texts, opts.embedding.model, out / "embedding_cache.parquet",
-                               batch_size=opts.embedding.batch_size, device=opts.embedding.device, log=log)
+                               batch_size=opts.embedding.batch_size, device=opts.embedding.device,
+                               backend=opts.embedding.backend, onnx_cache=paths.root / "cache" / "onnx", log=log)
         parts.append(run.vectors)
-        meta |= {"model": opts.embedding.model, "text_dims": run.vectors.shape[1], "embedded_now": run.embedded,
+        meta |= {"model": opts.embedding.model, "backend": opts.embedding.backend, "text_dims": run.vectors.shape[1], "embedded_now": run.embedded,
                  "from_cache": run.cached, "distinct_texts": run.unique_texts, "embedding_seconds": round(run.seconds, 2)}
     if "collaborative" in opts.source:
         co = opts.collaborative
@@ -163,7 +164,8 @@ def materialize_semantic_ids(cfg: DatasetConfig, paths: DatasetPaths, log: Log =
         if not in_train.any():
             raise ValueError(f"{cfg.name}: no item appears in the '{opts.train_protocol}' training split")
         cb, train_codes = quantizers.train(opts.method, x[in_train], levels=opts.levels, codes=opts.codes,
-                                           subspaces=opts.subspaces, niter=opts.niter, seed=opts.seed)
+                                           subspaces=opts.subspaces, niter=opts.niter, seed=opts.seed,
+                                           points_per_code=opts.train_points_per_code)
         codes = quantizers.assign(cb, x)[0]
         codes[in_train] = train_codes  # balanced k-means' capacity-constrained assignment
         new_items = len(x)

@@ -1,0 +1,202 @@
+"""Benchmark: semantic IDs at 1M items, embedding throughput per backend, refresh cost.
+
+    python bench/semantic_ids.py                       # all three parts
+    python bench/semantic_ids.py --items 1e6 --refresh-items 20000
+
+1. Quantize: 1M x 384-d vectors (a seeded mixture of 4096 Gaussian clusters on the unit sphere)
+   -> residual k-means 3x256 (default options) + dedup + every quality metric. Whole-process wall
+   time and peak RSS from /usr/bin/time -v (target: <= 60 s on 2 cores).
+2. Embedding throughput (texts/s) of each backend on the same 2,000 item texts, side by side in
+   one process, with the ONNX / torch ratio and their worst cosine agreement.
+3. Refresh: the real stage functions (item text -> embeddings -> semantic IDs) on a generated
+   catalogue, then again after adding 1% new items; the refresh's cost as a share of the full run
+   (target: <= 5%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+TOPICS = ["kitchen", "garden", "gaming", "beauty", "sports", "travel", "books", "music", "pets", "toys",
+          "fashion", "phones", "cameras", "health", "office", "tools"]
+WORDS = ["compact", "wireless", "organic", "vintage", "premium", "portable", "classic", "smart", "handmade",
+         "durable", "lightweight", "deluxe", "mini", "family", "outdoor", "studio"]
+
+
+def timed_json(cmd: list[str]) -> tuple[dict, float, float]:
+    """Run ``cmd`` under /usr/bin/time -v; its last stdout line is JSON. Returns (json, wall s, peak RSS GB)."""
+    started = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        raise SystemExit(f"benchmark step failed: {' '.join(cmd)}")
+    rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
+    return json.loads(proc.stdout.strip().splitlines()[-1]), wall, rss_kb / 1024**2
+
+
+def run_quantize(n: int) -> None:
+    import numpy as np
+
+    from pipelines.semantic_ids import quality, quantizers
+    from pipelines.semantic_ids.dedup import dedup_counter
+
+    phases = {}
+    t = time.perf_counter()
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(4096, 384)).astype(np.float32)
+    x = centers[rng.integers(0, 4096, n)] + 0.35 * rng.normal(size=(n, 384)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    phases["generate"] = time.perf_counter() - t
+    t = time.perf_counter()
+    cb, codes = quantizers.train("residual_kmeans", x, levels=3, codes=256, subspaces=16, niter=25, seed=0)
+    phases["train+assign"] = time.perf_counter() - t
+    t = time.perf_counter()
+    dedup = dedup_counter(codes, np.arange(n))
+    phases["dedup"] = time.perf_counter() - t
+    t = time.perf_counter()
+    report = quality.report(x, codes, quantizers.decode(cb, codes), cb.sizes)
+    phases["metrics"] = time.perf_counter() - t
+    print(json.dumps({"phases": phases, "collision_rate": report["collisions"]["collision_rate"],
+                      "largest_group": report["collisions"]["largest_group"], "dedup_max": int(dedup.max()),
+                      "utilization": [lv["utilization"] for lv in report["levels"]],
+                      "relative_mse": report["reconstruction"]["relative_mse"],
+                      "coherence_depth1_ratio": report["coherence"][0]["ratio"]}))
+
+
+def item_texts(n: int, seed: int):
+    import numpy as np
+    import polars as pl
+
+    rng = np.random.default_rng(seed)
+    topic = rng.integers(0, len(TOPICS), n)
+    sub = rng.integers(0, len(WORDS), n)
+    return pl.DataFrame({
+        "item_id": pl.Series(np.arange(n), dtype=pl.UInt32), "raw_item_id": pl.Series(np.arange(n) * 7 + 3, dtype=pl.Int64),
+        "category_id": [str(1000 + t * 16 + s) for t, s in zip(topic, sub, strict=True)],
+        "category_path": [f"{TOPICS[t]} > {WORDS[s]} {TOPICS[t]}" for t, s in zip(topic, sub, strict=True)],
+        "brand_id": [str(b) for b in rng.integers(0, 5000, n)], "seller_id": [None] * n,
+        "caption_tokens": [None] * n}, schema_overrides={"seller_id": pl.String, "caption_tokens": pl.String})
+
+
+def write_dataset(root: Path, side) -> None:
+    """The files the semantic-ID stage reads: item side info, and one training step per item."""
+    import numpy as np
+    import polars as pl
+
+    from pipelines.storage import DatasetPaths
+
+    paths = DatasetPaths(root, "kuaisar")
+    (paths.stage_dir("ingest")).mkdir(parents=True, exist_ok=True)
+    side.write_parquet(paths.stage_dir("ingest") / "item_side_info.parquet")
+    n = side.height
+    users = pl.Series(np.arange(n) // 20, dtype=pl.UInt32)
+    steps = pl.DataFrame({"user_id": users, "step": pl.Series(np.arange(n) % 20, dtype=pl.UInt32),
+                          "item_id": side["item_id"]})
+    (paths.stage_dir("sequences")).mkdir(parents=True, exist_ok=True)
+    steps.write_parquet(paths.stage_dir("sequences") / "steps.parquet")
+    roles = paths.stage_dir("splits") / "leave_one_out"
+    roles.mkdir(parents=True, exist_ok=True)
+    steps.select("user_id", "step", pl.lit("train").alias("role")).write_parquet(roles / "roles.parquet")
+
+
+def run_stage(root: str) -> None:
+    from pipelines.registry import load_registry
+    from pipelines.semantic_ids.stage import materialize_embeddings, materialize_item_text, materialize_semantic_ids
+    from pipelines.storage import DatasetPaths
+
+    cfg = load_registry().get("kuaisar")
+    paths = DatasetPaths(Path(root), "kuaisar")
+    t = time.perf_counter()
+    materialize_item_text(cfg, paths, log=lambda m: None)
+    emb = materialize_embeddings(cfg, paths, log=lambda m: None)
+    sid = materialize_semantic_ids(cfg, paths, log=lambda m: None)
+    print(json.dumps({"seconds": time.perf_counter() - t, "embedded_now": emb["embedded_now"],
+                      "refresh": sid["refresh"]}))
+
+
+def run_throughput(n: int) -> None:
+    import numpy as np
+    import polars as pl
+
+    from pipelines.semantic_ids.embeddings import encode, load_encoder
+
+    texts = item_texts(n, 1).select(pl.format("{} | brand {}", "category_path", "brand_id"))
+    texts = texts.to_series().to_list()
+    out: dict[str, object] = {}
+    vectors = {}
+    for backend in ("torch", "onnx"):
+        try:
+            encoder = load_encoder("all-MiniLM-L6-v2", backend, "cpu", REPO / "bench" / "work" / "onnx")
+        except Exception as e:  # the onnx extra may be missing
+            out[backend] = f"unavailable: {e}"
+            continue
+        encode(texts[:256], encoder, log=lambda m: None)  # warm-up
+        t = time.perf_counter()
+        vectors[backend] = encode(texts, encoder, log=lambda m: None)
+        out[backend] = len(texts) / (time.perf_counter() - t)
+    if len(vectors) == 2:
+        cos = (vectors["torch"] * vectors["onnx"]).sum(1)
+        out["min_cosine"], out["mean_cosine"] = float(cos.min()), float(np.mean(cos))
+    print(json.dumps(out))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--items", type=float, default=1e6)
+    p.add_argument("--texts", type=int, default=2000)
+    p.add_argument("--refresh-items", type=int, default=20000)
+    p.add_argument("--work", type=Path, default=REPO / "bench" / "work" / "semantic_ids")
+    p.add_argument("--run", nargs=2, metavar=("WHAT", "ARG"), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.run:
+        {"quantize": lambda: run_quantize(int(float(a.run[1]))), "stage": lambda: run_stage(a.run[1]),
+         "throughput": lambda: run_throughput(int(a.run[1]))}[a.run[0]]()
+        return 0
+    me = [sys.executable, __file__, "--run"]
+
+    n = int(a.items)
+    r, wall, rss = timed_json([*me, "quantize", str(n)])
+    work = wall - r["phases"]["generate"]
+    print(f"1. {n:,} x 384 vectors -> residual k-means 3x256 + dedup + metrics: {work:.1f} s "
+          f"(+ {r['phases']['generate']:.1f} s generating the vectors), {rss:.2f} GB peak RSS (target: <= 60 s)")
+    print("   phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["phases"].items()))
+    print(f"   collision rate {r['collision_rate']:.4f}, largest group {r['largest_group']}, utilization "
+          f"{[round(u, 3) for u in r['utilization']]}, relative MSE {r['relative_mse']:.3f}, depth-1 coherence "
+          f"{r['coherence_depth1_ratio']:.0f}x random", flush=True)
+
+    r, _, _ = timed_json([*me, "throughput", str(a.texts)])
+    line = ", ".join(f"{b} {v:,.0f} texts/s" if isinstance(v, float) else f"{b} {v}"
+                     for b, v in r.items() if b in ("torch", "onnx"))
+    print(f"2. embedding throughput on {a.texts:,} item texts (2 cores): {line}")
+    if isinstance(r.get("onnx"), float) and isinstance(r.get("torch"), float):
+        print(f"   ratio onnx/torch {r['onnx'] / r['torch']:.2f}x; cosine onnx vs torch: min {r['min_cosine']:.5f}, "
+              f"mean {r['mean_cosine']:.5f}", flush=True)
+
+    import shutil
+
+    shutil.rmtree(a.work, ignore_errors=True)
+    m = a.refresh_items
+    side = item_texts(m + m // 100, 2)
+    write_dataset(a.work, side.head(m))
+    full, _, _ = timed_json([*me, "stage", str(a.work)])
+    write_dataset(a.work, side)  # 1% new items (the cache and the previous build stay)
+    refresh, _, _ = timed_json([*me, "stage", str(a.work)])
+    print(f"3. full build of {m:,} items: {full['seconds']:.1f} s ({full['embedded_now']:,} texts embedded); "
+          f"refresh with {m // 100:,} new items: {refresh['seconds']:.1f} s ({refresh['embedded_now']:,} embedded, "
+          f"mode {refresh['refresh']['mode']}, {refresh['refresh']['kept']:,} SIDs kept) = "
+          f"{100 * refresh['seconds'] / full['seconds']:.1f}% of the full run (target: <= 5%)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
