@@ -58,10 +58,11 @@ quality_checks = [canonical_events_expectations, model_ready_expectations]
 
 @dg.asset(
     deps=["leakage_audit", "behavior_statistics", "model_ready_sequences", "sequential_augmentation",
-          "sequence_exports"],
+          "sequence_exports", "semantic_ids", "evaluation"],
     partitions_def=dataset_partitions, group_name="reports", kinds={"html", "markdown"},
     description="A readable report per dataset: counts, behavior/set-size/sequence-length distributions, "
-                "sessions, splits, leakage audit, behavior statistics, latest check results, provenance.",
+                "sessions, splits, leakage audit, behavior statistics, semantic-ID quality, leaderboard, "
+                "latest check results, provenance.",
 )
 def dataset_card(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
     from dagster._core.event_api import PartitionKeyFilter
@@ -71,9 +72,12 @@ def dataset_card(context: dg.AssetExecutionContext, settings: PipelineSettings) 
     cfg = settings.dataset(context.partition_key)
     from assets.augmentation import augmentation_checks
     from assets.ingest import ingest_checks
+    from assets.semantic_ids import semantic_id_checks
     from assets.sequences import sequence_checks
+    from assets.training import training_checks
 
-    keys = [k for chk in (*ingest_checks, *sequence_checks, *augmentation_checks, *quality_checks)
+    keys = [k for chk in (*ingest_checks, *sequence_checks, *augmentation_checks, *semantic_id_checks,
+                          *training_checks, *quality_checks)
             for k in chk.check_keys]
     latest = context.instance.event_log_storage.get_latest_asset_check_execution_by_key(
         keys, partition_filter=PartitionKeyFilter(key=context.partition_key))

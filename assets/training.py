@@ -13,7 +13,7 @@ import polars as pl
 from assets.ingest import check_result
 from assets.partitions import dataset_partitions
 from pipelines.contracts import validate_parquet
-from pipelines.reporting import markdown_table
+from pipelines.reporting import curve_plot, markdown_table, png_markdown
 from pipelines.resources import PipelineSettings
 from pipelines.training.stage import (
     MODELS,
@@ -37,6 +37,7 @@ class TrainingRunConfig(dg.Config):
     learning_rate: float | None = None
     weight_decay: float | None = None
     patience: int | None = None
+    min_epochs: int | None = None  # early stopping waits at least this many epochs
     seed: int | None = None
     device: str | None = None  # auto | cpu | cuda
     max_minutes: float | None = None
@@ -45,7 +46,7 @@ class TrainingRunConfig(dg.Config):
     layers: int | None = None  # generative_sid
     heads: int | None = None
     dropout: float | None = None
-    negatives: int | None = None  # behavior_set
+    negatives: int | None = None  # behavior_set (BCE negatives), sasrec (sampled softmax; 0 = full)
     richness_weight: float | None = None  # behavior_set
     contrastive_weight: float | None = None  # behavior_set (> 0: BLADE's contrastive loss on augmentations)
     beam_size: int | None = None  # generative_sid
@@ -85,6 +86,9 @@ def _training_asset(name: str) -> dg.AssetsDefinition:
             "valid_ndcg@10": (meta["best_valid"] or {}).get("ndcg@10", 0.0),
             "train_seconds": round(meta["train_seconds"], 2),
             "curve": dg.MetadataValue.md(markdown_table(curve, max_rows=100)),
+            **({"curve_plot": dg.MetadataValue.md(png_markdown(curve_plot(meta["curve"], f"{cfg.name}: {name}"),
+                                                               "training curve"))}
+               if meta["curve"] and meta["curve"][0]["loss"] is not None else {}),
             "config": dg.MetadataValue.json({"model": meta["model_config"], "train": meta["train_config"]}),
         })
 

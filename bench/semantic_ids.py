@@ -1,9 +1,10 @@
 """Benchmark: semantic IDs at 1M items, embedding throughput per backend, refresh cost.
 
     python bench/semantic_ids.py                       # all three parts
-    python bench/semantic_ids.py --items 1e6 --refresh-items 20000
+    python bench/semantic_ids.py --items 1e6 --refresh-items 100000
 
-1. Quantize: 1M x 384-d vectors (a seeded mixture of 4096 Gaussian clusters on the unit sphere)
+1. Quantize: 1M x 384-d vectors (seeded: a sum of topic, subtopic and item-level Gaussian centers
+   plus noise, on the unit sphere)
    -> residual k-means 3x256 (default options) + dedup + every quality metric. Whole-process wall
    time and peak RSS from /usr/bin/time -v (target: <= 60 s on 2 cores).
 2. Embedding throughput (texts/s) of each backend on the same 2,000 item texts, side by side in
@@ -52,9 +53,13 @@ def run_quantize(n: int) -> None:
 
     phases = {}
     t = time.perf_counter()
+    # coarse-to-fine structure, like text embeddings (topic, subtopic, item), plus noise
     rng = np.random.default_rng(0)
-    centers = rng.normal(size=(4096, 384)).astype(np.float32)
-    x = centers[rng.integers(0, 4096, n)] + 0.35 * rng.normal(size=(n, 384)).astype(np.float32)
+    x = np.zeros((n, 384), dtype=np.float32)
+    for scale, k in ((1.0, 256), (0.6, 4096), (0.35, 4096)):
+        centers = rng.standard_normal((k, 384), dtype=np.float32)
+        x += scale * centers[rng.integers(0, k, n)]
+    x += 0.15 * rng.standard_normal((n, 384), dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     phases["generate"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -69,6 +74,7 @@ def run_quantize(n: int) -> None:
     print(json.dumps({"phases": phases, "collision_rate": report["collisions"]["collision_rate"],
                       "largest_group": report["collisions"]["largest_group"], "dedup_max": int(dedup.max()),
                       "utilization": [lv["utilization"] for lv in report["levels"]],
+                      "perplexity": [lv["perplexity"] for lv in report["levels"]],
                       "relative_mse": report["reconstruction"]["relative_mse"],
                       "coherence_depth1_ratio": report["coherence"][0]["ratio"]}))
 
@@ -121,6 +127,7 @@ def run_stage(root: str) -> None:
     emb = materialize_embeddings(cfg, paths, log=lambda m: None)
     sid = materialize_semantic_ids(cfg, paths, log=lambda m: None)
     print(json.dumps({"seconds": time.perf_counter() - t, "embedded_now": emb["embedded_now"],
+                      "embedding_seconds": emb["embedding_seconds"], "sid_seconds": sid["seconds"],
                       "refresh": sid["refresh"]}))
 
 
@@ -154,8 +161,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--items", type=float, default=1e6)
     p.add_argument("--texts", type=int, default=2000)
-    p.add_argument("--refresh-items", type=int, default=20000)
+    p.add_argument("--refresh-items", type=int, default=100000)
     p.add_argument("--work", type=Path, default=REPO / "bench" / "work" / "semantic_ids")
+    p.add_argument("--only", choices=["quantize", "throughput", "refresh"], help="run one part")
     p.add_argument("--run", nargs=2, metavar=("WHAT", "ARG"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.run:
@@ -164,38 +172,51 @@ def main() -> int:
         return 0
     me = [sys.executable, __file__, "--run"]
 
-    n = int(a.items)
+    if a.only in (None, "quantize"):
+        quantize_part(me, int(a.items))
+    if a.only in (None, "throughput"):
+        throughput_part(me, a.texts)
+    if a.only in (None, "refresh"):
+        refresh_part(me, a.work, a.refresh_items)
+    return 0
+
+
+def quantize_part(me: list[str], n: int) -> None:
     r, wall, rss = timed_json([*me, "quantize", str(n)])
     work = wall - r["phases"]["generate"]
     print(f"1. {n:,} x 384 vectors -> residual k-means 3x256 + dedup + metrics: {work:.1f} s "
           f"(+ {r['phases']['generate']:.1f} s generating the vectors), {rss:.2f} GB peak RSS (target: <= 60 s)")
     print("   phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["phases"].items()))
     print(f"   collision rate {r['collision_rate']:.4f}, largest group {r['largest_group']}, utilization "
-          f"{[round(u, 3) for u in r['utilization']]}, relative MSE {r['relative_mse']:.3f}, depth-1 coherence "
+          f"{[round(u, 3) for u in r['utilization']]}, perplexity {[round(v, 1) for v in r['perplexity']]}, relative MSE {r['relative_mse']:.3f}, depth-1 coherence "
           f"{r['coherence_depth1_ratio']:.0f}x random", flush=True)
 
-    r, _, _ = timed_json([*me, "throughput", str(a.texts)])
+
+def throughput_part(me: list[str], texts: int) -> None:
+    r, _, _ = timed_json([*me, "throughput", str(texts)])
     line = ", ".join(f"{b} {v:,.0f} texts/s" if isinstance(v, float) else f"{b} {v}"
                      for b, v in r.items() if b in ("torch", "onnx"))
-    print(f"2. embedding throughput on {a.texts:,} item texts (2 cores): {line}")
+    print(f"2. embedding throughput on {texts:,} item texts (2 cores): {line}")
     if isinstance(r.get("onnx"), float) and isinstance(r.get("torch"), float):
         print(f"   ratio onnx/torch {r['onnx'] / r['torch']:.2f}x; cosine onnx vs torch: min {r['min_cosine']:.5f}, "
               f"mean {r['mean_cosine']:.5f}", flush=True)
 
+
+def refresh_part(me: list[str], work: Path, m: int) -> None:
     import shutil
 
-    shutil.rmtree(a.work, ignore_errors=True)
-    m = a.refresh_items
+    shutil.rmtree(work, ignore_errors=True)
     side = item_texts(m + m // 100, 2)
-    write_dataset(a.work, side.head(m))
-    full, _, _ = timed_json([*me, "stage", str(a.work)])
-    write_dataset(a.work, side)  # 1% new items (the cache and the previous build stay)
-    refresh, _, _ = timed_json([*me, "stage", str(a.work)])
+    write_dataset(work, side.head(m))
+    full, _, _ = timed_json([*me, "stage", str(work)])
+    write_dataset(work, side)  # 1% new items (the cache and the previous build stay)
+    refresh, _, _ = timed_json([*me, "stage", str(work)])
     print(f"3. full build of {m:,} items: {full['seconds']:.1f} s ({full['embedded_now']:,} texts embedded); "
           f"refresh with {m // 100:,} new items: {refresh['seconds']:.1f} s ({refresh['embedded_now']:,} embedded, "
           f"mode {refresh['refresh']['mode']}, {refresh['refresh']['kept']:,} SIDs kept) = "
           f"{100 * refresh['seconds'] / full['seconds']:.1f}% of the full run (target: <= 5%)")
-    return 0
+    print(f"   embedding {full['embedding_seconds']:.1f} s vs {refresh['embedding_seconds']:.1f} s (the refresh's includes "
+          f"loading the model); semantic IDs {full['sid_seconds']:.1f} s vs {refresh['sid_seconds']:.1f} s")
 
 
 if __name__ == "__main__":

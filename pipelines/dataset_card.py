@@ -126,6 +126,26 @@ def sections(cfg: DatasetConfig, paths: DatasetPaths, checks: list[dict[str, obj
         if heat.is_file():
             parts.append(("img", heat.read_bytes()))
         out.append(Section("Behavior statistics (leave-one-out training sets)", parts))
+    sid = paths.stage_dir("semantic_ids") / "quality.json"
+    if sid.is_file():
+        q = json.loads(sid.read_text())
+        col = q["quality"]["collisions"]
+        parts = [("p", f"Method `{q['method']}`, codes per level {q['sizes']}; {q['items']:,} items, codebooks trained on "
+                       f"{q['training_items']:,} training items; refresh {q['refresh']['mode']} ({q['refresh']['reason']}). "
+                       f"Collision rate before dedup {col['collision_rate']:.4f}, largest group {col['largest_group']}; "
+                       f"relative reconstruction error {q['quality']['reconstruction']['relative_mse']:.4f}."),
+                 ("table", pl.DataFrame(q["quality"]["levels"]).with_columns(pl.col(pl.Float64).round(4)))]
+        if q["quality"]["coherence"]:
+            parts.append(("table", pl.DataFrame(q["quality"]["coherence"]).with_columns(pl.col(pl.Float64).round(4))))
+        out.append(Section("Semantic IDs", parts))
+    results = paths.stage_dir("evaluation") / "results.parquet"
+    if results.is_file():
+        from pipelines.training.stage import leaderboard
+
+        board = leaderboard(pl.read_parquet(results)).drop("dataset").with_columns(pl.col(pl.Float64).round(4))
+        out.append(Section("Leaderboard (test, full ranking)", [
+            ("p", "Ties count against the target; the `(unfiltered)` columns score the same targets with the "
+                  "same-item leak left in the histories."), ("table", board)]))
     if checks:
         out.append(Section("Checks (latest evaluation of each)", [("table", pl.DataFrame(checks))]))
     out.append(Section("Provenance", [

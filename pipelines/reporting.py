@@ -65,3 +65,29 @@ def audit_plot(table: pl.DataFrame, title: str) -> bytes:
     fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
+
+
+def curve_plot(curve: list[dict], title: str) -> bytes:
+    """Training loss and validation NDCG@10 per epoch (a trained model's asset metadata)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in curve]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
+    left.plot(epochs, [r["loss"] for r in curve], marker="o")
+    left.set_title("training loss", fontsize=10)
+    right.plot(epochs, [r["valid_ndcg@10"] for r in curve], marker="o", color="C1")
+    right.set_title("validation NDCG@10", fontsize=10)
+    for ax in (left, right):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()

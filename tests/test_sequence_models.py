@@ -22,6 +22,7 @@ N_ITEMS, N_BEHAVIORS, MAX_LEN = 20, 3, 8
 INFO = DatasetInfo(n_items=N_ITEMS, n_users=8, n_behaviors=N_BEHAVIORS, max_len=MAX_LEN)
 MODELS = {
     "sasrec": lambda info=INFO: SASRec(info, SASRecConfig(hidden=32)),
+    "sasrec_sampled_softmax": lambda info=INFO: SASRec(info, SASRecConfig(hidden=32, negatives=8)),
     "behavior_set": lambda info=INFO: BehaviorSetModel(info, BehaviorSetConfig(hidden=32, negatives=10)),
 }
 
@@ -306,3 +307,12 @@ def test_behavior_aware_attention_and_user_gates_reach_the_scores():
         other_users = dict(batch, user_ids=torch.tensor([4, 5, 6, 7]))
         assert not torch.allclose(model.score(batch)[:3], model.score(other_users)[:3])
     assert not torch.allclose(before[:3], after_bias[:3])
+
+
+def test_sasrec_sampled_softmax_with_every_item_falls_back_to_the_full_softmax():
+    torch.manual_seed(0)
+    full = SASRec(INFO, SASRecConfig(hidden=32, dropout=0.0))
+    torch.manual_seed(0)
+    all_items = SASRec(INFO, SASRecConfig(hidden=32, dropout=0.0, negatives=N_ITEMS))
+    batch = tiny_batch()
+    assert torch.allclose(full.loss(batch), all_items.loss(batch))

@@ -192,6 +192,15 @@ def test_trainer_stops_on_patience_and_restores_the_best_epoch():
     assert evaluate(model, valid_arrays, BEHAVIORS).metrics == result.best_valid
 
 
+def test_min_epochs_holds_early_stopping_back():
+    torch.manual_seed(0)
+    train_arrays = arrays([[0]] * 100, [1] * 70 + [2] * 30)
+    valid_arrays = arrays([[0]] * 5, [1] * 5)
+    cfg = TrainConfig(epochs=10, batch_size=10, learning_rate=0.2, patience=2, min_epochs=6, device="cpu")
+    result = train(ItemBias(10), train_arrays, valid_arrays, BEHAVIORS, cfg, log=lambda _: None)
+    assert result.stopped == "patience" and len(result.curve) == 6 and result.best_epoch == 1
+
+
 def test_trainer_is_deterministic():
     (a, ra), (b, rb) = run(seed=3), run(seed=3)
     strip = [{k: v for k, v in row.items() if k not in TIMING} for row in ra.curve]

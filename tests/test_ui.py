@@ -88,8 +88,10 @@ def test_a_partition_materializes_through_the_webserver(webserver, data_root):
 
     host, port = webserver.removeprefix("http://").split(":")
     client = DagsterGraphQLClient(host, port_number=int(port))
-    run_id = client.submit_job_execution("materialize_all", tags={"dagster/partition": "blade_qk_video"})
-    deadline = time.monotonic() + 240
+    fast = {f"trained_{m}": {"config": {"epochs": 1}} for m in ("sasrec", "behavior_set", "generative_sid")}
+    run_id = client.submit_job_execution("materialize_all", tags={"dagster/partition": "blade_qk_video"},
+                                         run_config={"ops": fast})
+    deadline = time.monotonic() + 300
     status = None
     while time.monotonic() < deadline:
         status = client.get_run_status(run_id).value
@@ -100,3 +102,7 @@ def test_a_partition_materializes_through_the_webserver(webserver, data_root):
     out = data_root / "outputs" / "blade_qk_video"
     assert (out / "ingest" / "events.parquet").is_file() and (out / "leakage" / "audit.parquet").is_file()
     assert (out / "model_ready" / "leave_one_out" / "test.npz").is_file()
+    # raw logs to the leaderboard: semantic IDs, checkpoints, evaluation
+    assert (out / "semantic_ids" / "exports" / "blade_qk_video.index.json").is_file()
+    assert (out / "training" / "leave_one_out" / "generative_sid" / "checkpoint.pt").is_file()
+    assert "blade_qk_video" in (data_root / "outputs" / "leaderboard.md").read_text()

@@ -42,8 +42,8 @@ KS = (5, 10, 20)
 # ``stages.training.models.<model>`` and the Dagster run config override them.
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "sasrec": {"epochs": 30, "patience": 5},
-    "behavior_set": {"epochs": 25, "patience": 5},
-    "generative_sid": {"epochs": 20, "patience": 5, "learning_rate": 3e-3, "batch_size": 64},
+    "behavior_set": {"epochs": 20, "patience": 5, "min_epochs": 8, "batch_size": 32},
+    "generative_sid": {"epochs": 20, "patience": 5, "min_epochs": 8, "learning_rate": 3e-3, "batch_size": 64},
 }
 
 

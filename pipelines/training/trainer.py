@@ -32,7 +32,9 @@ Log = Callable[[str], None]
 
 @dataclass
 class TrainConfig:
-    """``patience``: epochs in a row without a strictly higher validation NDCG@10 before stopping.
+    """``patience``: epochs in a row without a strictly higher validation NDCG@10 before stopping;
+    ``min_epochs``: early stopping cannot stop a run before this epoch (models that first sit on a
+    popularity plateau, then improve, are not cut off on the plateau).
     ``max_minutes``: wall-clock budget, checked after each epoch (a run may exceed it by one epoch).
     ``num_threads``: ``torch.set_num_threads`` when set. ``device``: ``auto`` = CUDA if present."""
 
@@ -41,6 +43,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     patience: int = 3
+    min_epochs: int = 0
     seed: int = 0
     device: str = "auto"
     eval_batch_size: int = 512
@@ -108,7 +111,7 @@ def train(model: Recommender, train_arrays: dict[str, np.ndarray], valid_arrays:
             stale += 1
         log(f"epoch {epoch:3d}  loss {loss:.4f}  valid ndcg@10 {valid['ndcg@10']:.4f}  hr@10 {valid['hr@10']:.4f}  "
             f"{row['sequences_per_s']:.0f} seq/s{'  *' if improved else ''}")
-        if stale >= cfg.patience:
+        if stale >= cfg.patience and epoch >= cfg.min_epochs:
             result.stopped = "patience"
             log(f"stopping: no validation {SELECT_METRIC} gain for {stale} epochs (best epoch {result.best_epoch})")
             break

@@ -7,7 +7,9 @@ scores are dot products with the (tied) item embeddings. Behaviors are ignored.
 Training follows the paper's "predict the next item at every position" objective, with a full
 softmax over all items instead of the paper's one sampled negative (the stronger, common choice for
 full-ranking evaluation): the input is the history window, the labels are the same window shifted by
-one step with the target appended, and positions whose input is padding carry no loss.
+one step with the target appended, and positions whose input is padding carry no loss. For large
+catalogues on CPU, ``negatives = n`` replaces the full softmax by a sampled one: the positive against
+n uniformly drawn items shared by the batch (a draw equal to the positive is masked out).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class SASRecConfig:
     blocks: int = 2
     heads: int = 1
     dropout: float = 0.2
+    negatives: int = 0  # 0: full softmax over all items; n > 0: sampled softmax over n shared uniform negatives
 
 
 def next_item_labels(items: torch.Tensor, target_items: torch.Tensor) -> torch.Tensor:
@@ -67,9 +70,21 @@ class SASRec(Recommender):
         labels = next_item_labels(items, batch["target_items"])
         h = self.encode(items)
         real = labels > 0
+        target = labels[real] - 1
+        if 0 < self.cfg.negatives < self.info.n_items:
+            return self._sampled_loss(h[real], target)
         logits = self.item_logits(h[real])  # only real positions: [N, n_items]
-        losses = F.cross_entropy(logits, labels[real] - 1, reduction="sum")
+        losses = F.cross_entropy(logits, target, reduction="sum")
         return losses / real.sum().clamp(min=1)
+
+    def _sampled_loss(self, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Softmax over [positive, n shared negatives]; negatives equal to the positive are masked."""
+        negatives = torch.randint(0, self.info.n_items, (self.cfg.negatives,), device=h.device)
+        pos = (h * self.item_emb(target + 1)).sum(-1, keepdim=True)  # [N, 1]
+        neg = h @ self.item_emb(negatives + 1).T  # [N, n]
+        neg = neg.masked_fill(negatives[None, :] == target[:, None], float("-inf"))
+        logits = torch.cat([pos, neg], dim=1)
+        return F.cross_entropy(logits, torch.zeros_like(target), reduction="sum") / max(len(target), 1)
 
     def score(self, batch: Batch) -> torch.Tensor:
         h = self.encode(batch["items"])[:, -1]
