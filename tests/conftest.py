@@ -63,3 +63,11 @@ def materialize_project(dataset: str, root: Path, training: dict | None = None) 
             run_config={"resources": {"settings": {"config": {"data_root": str(root)}}}, "ops": ops})
     assert run.success
     return root / "outputs" / dataset
+
+
+@pytest.fixture(scope="session")
+def kuaisar_project(tmp_path_factory) -> Path:
+    """Generated KuaiSAR through the whole job, once per session (read-only: copy before changing)."""
+    root = tmp_path_factory.mktemp("kuaisar_project")
+    materialize_project("kuaisar", root)
+    return root

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import materialize_project
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it when run as root)")
@@ -23,8 +22,8 @@ def chromium(args: list[str], profile: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def outputs(tmp_path_factory):
-    return materialize_project("kuaisar", tmp_path_factory.mktemp("data"))
+def outputs(kuaisar_project):
+    return kuaisar_project / "outputs" / "kuaisar"
 
 
 def colored_share(png: Path) -> float:

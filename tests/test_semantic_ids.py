@@ -18,7 +18,6 @@ from pipelines.semantic_ids.embeddings import embed_with_cache
 from pipelines.semantic_ids.item_text import TemplateError, item_texts
 from pipelines.semantic_ids.stage import materialize_exports, materialize_semantic_ids, stage_dir
 from pipelines.storage import DatasetPaths
-from tests.conftest import materialize_project
 
 
 def side_info(**cols) -> pl.DataFrame:
@@ -189,10 +188,8 @@ def test_coherence_hand_worked():
 # the stage on generated data -----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def kuaisar_outputs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sid")
-    materialize_project("kuaisar", root)
-    return root
+def kuaisar_outputs(kuaisar_project):
+    return kuaisar_project
 
 
 def copy_root(src: Path, dst: Path) -> DatasetPaths:

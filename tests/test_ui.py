@@ -42,9 +42,12 @@ def webserver(tmp_path_factory, data_root):
     shutil.copy(REPO / ".dagster_home" / "dagster.yaml", home / "dagster.yaml")
     port = _free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home), "MBREC_DATA_ROOT": str(data_root)}
+    # a file, not a pipe: nobody reads a pipe while the test waits, and run workers that write more
+    # than the pipe buffer (training logs) would block on it
+    log = open(home / "dagster_dev.log", "wb")  # noqa: SIM115 (closed in finally)
     proc = subprocess.Popen(
         [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -55,7 +58,7 @@ def webserver(tmp_path_factory, data_root):
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    out = proc.stdout.read().decode(errors="replace") if proc.poll() is not None else ""
+                    out = (home / "dagster_dev.log").read_text(errors="replace")
                     pytest.fail(f"dagster dev did not come up: {out[-3000:]}")
                 time.sleep(1)
         yield base
@@ -65,6 +68,7 @@ def webserver(tmp_path_factory, data_root):
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
 
 
 def test_ui_lists_every_asset_with_its_dataset_partitions(webserver, registry):
