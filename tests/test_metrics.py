@@ -105,3 +105,12 @@ def test_ranked_lists_masking_and_repeats():
     # row 0: 3 excluded -> 1 moves to the front; row 1: 5 excluded, 3 is the target and stays -> 2;
     # row 2: the repeated 4 counts once -> 2
     assert ranks_from_lists(ranked, targets, exclude).tolist() == [1, 2, 2]
+
+
+def test_default_rank_pads_with_minus_one_beyond_the_catalogue():
+    from pipelines.training.models.base import DatasetInfo
+    from pipelines.training.models.popularity import Popularity
+
+    model = Popularity(DatasetInfo(n_items=3, n_users=1, n_behaviors=1, max_len=2))
+    ranked = model.rank({"items": torch.zeros(1, 2, dtype=torch.long)}, 5)
+    assert ranked.shape == (1, 5) and ranked[0, 3:].tolist() == [-1, -1]

@@ -55,7 +55,10 @@ class Recommender(nn.Module):
     def rank(self, batch: Batch, k: int) -> torch.Tensor:
         """[B, k] item ids, best first; -1 where fewer than k items were produced."""
         scores = self.score(batch)
-        return torch.topk(scores, k=min(k, scores.shape[1]), dim=1).indices
+        top = torch.topk(scores, k=min(k, scores.shape[1]), dim=1).indices
+        if top.shape[1] < k:  # fewer items than asked for: pad with -1 as documented
+            top = torch.nn.functional.pad(top, (0, k - top.shape[1]), value=-1)
+        return top
 
     @property
     def device(self) -> torch.device:
