@@ -37,6 +37,16 @@ class RegistryError(ValueError):
     """The registry file is missing, unreadable or invalid."""
 
 
+def stage_options(model: type[BaseModel], cfg: "DatasetConfig", stage: str, label: str) -> Any:
+    """Validate ``datasets.<name>.stages.<stage>`` with a pydantic ``model``; errors name every bad key."""
+    try:
+        return model.model_validate(cfg.stages.get(stage, {}))
+    except ValidationError as e:
+        where = "; ".join(f"datasets.{cfg.name}.stages.{stage}.{'.'.join(map(str, x['loc']))}: {x['msg']}"
+                          for x in e.errors())
+        raise RegistryError(f"invalid {label} options: {where}") from None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -57,3 +57,15 @@ def test_new_dataset_in_a_known_format_needs_no_code(tmp_path):
         r["datasets"]["taobao_small"] = {**r["datasets"]["taobao"], "description": "a second Taobao drop"}
     reg = load_registry(_write(tmp_path, add))
     assert reg.get("taobao_small").format == "taobao"
+
+
+@pytest.mark.parametrize("stage, options", [("semantic_ids", "pipelines.semantic_ids.options.SemanticIdOptions"),
+                                            ("training", "pipelines.training.stage.TrainingOptions")])
+def test_stage_options_errors_name_the_dataset_and_key(registry, stage, options):
+    import importlib
+
+    module, name = options.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
+    bad = registry.datasets["taobao"].model_copy(update={"stages": {stage: {"levls": 3}}})
+    with pytest.raises(RegistryError, match=f"datasets.taobao.stages.{stage}.levls"):
+        cls.of(bad)

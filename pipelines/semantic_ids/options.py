@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.registry import DatasetConfig, RegistryError
+from pipelines.registry import DatasetConfig, stage_options
 
 DEFAULT_TEXT_TEMPLATE = "category {category_path} | category id {category_id} | brand {brand_id} | seller {seller_id}"
 
@@ -63,12 +63,7 @@ class SemanticIdOptions(BaseModel):
 
     @classmethod
     def of(cls, cfg: DatasetConfig) -> "SemanticIdOptions":
-        try:
-            return cls.model_validate(cfg.stages.get("semantic_ids", {}))
-        except ValidationError as e:
-            where = "; ".join(f"datasets.{cfg.name}.stages.semantic_ids.{'.'.join(map(str, x['loc']))}: {x['msg']}"
-                              for x in e.errors())
-            raise RegistryError(f"invalid semantic-ID options: {where}") from None
+        return stage_options(cls, cfg, "semantic_ids", "semantic-ID")
 
     def build_key(self) -> dict[str, object]:
         """What the codebooks depend on; a change forces a full rebuild."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import date
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.registry import DatasetConfig, RegistryError
+from pipelines.registry import DatasetConfig, RegistryError, stage_options
 
 
 class SequenceOptions(BaseModel):
@@ -45,12 +45,7 @@ class SequenceOptions(BaseModel):
 
     @classmethod
     def of(cls, cfg: DatasetConfig) -> "SequenceOptions":
-        try:
-            opts = cls.model_validate(cfg.stages.get("sequences", {}))
-        except ValidationError as e:
-            where = "; ".join(f"datasets.{cfg.name}.stages.sequences.{'.'.join(map(str, x['loc']))}: {x['msg']}"
-                              for x in e.errors())
-            raise RegistryError(f"invalid sequence options: {where}") from None
+        opts = stage_options(cls, cfg, "sequences", "sequence")
         for b in opts.target_behaviors or []:
             if b not in cfg.behavior_names:
                 raise RegistryError(

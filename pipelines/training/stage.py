@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.registry import DatasetConfig, RegistryError
+from pipelines.registry import DatasetConfig, RegistryError, stage_options
 from pipelines.reporting import markdown_table
 from pipelines.sequences import model_ready
 from pipelines.sequences.options import SequenceOptions
@@ -58,12 +58,7 @@ class TrainingOptions(BaseModel):
 
     @classmethod
     def of(cls, cfg: DatasetConfig) -> "TrainingOptions":
-        try:
-            opts = cls.model_validate(cfg.stages.get("training", {}))
-        except ValidationError as e:
-            where = "; ".join(f"datasets.{cfg.name}.stages.training.{'.'.join(map(str, x['loc']))}: {x['msg']}"
-                              for x in e.errors())
-            raise RegistryError(f"invalid training options: {where}") from None
+        opts = stage_options(cls, cfg, "training", "training")
         unknown = sorted(set(opts.models) - set(MODELS))
         if unknown:
             raise RegistryError(f"datasets.{cfg.name}.stages.training.models: unknown model(s) {unknown}; known: {MODELS}")
