@@ -16,6 +16,7 @@ from pipelines.reporting import markdown_table
 from pipelines.resources import PipelineSettings
 from pipelines.semantic_ids.checks import embeddings_consistency, sid_consistency
 from pipelines.semantic_ids.options import SemanticIdOptions
+from pipelines.sequences.splits import PROTOCOLS
 from pipelines.semantic_ids.stage import (
     materialize_embeddings,
     materialize_exports,
@@ -43,7 +44,7 @@ def item_text(context: dg.AssetExecutionContext, settings: PipelineSettings) -> 
     return dg.MaterializeResult(metadata=meta | {"examples": dg.MetadataValue.md(markdown_table(examples))})
 
 
-@dg.asset(deps=[item_text, "split_leave_one_out", "split_eidp", "split_session", "split_temporal"],
+@dg.asset(deps=[item_text, *(f"split_{p}" for p in PROTOCOLS)],
           partitions_def=dataset_partitions, group_name=GROUP, kinds={"torch", "parquet"},
           description="Item vectors: sentence-transformers text embeddings (default all-MiniLM-L6-v2, offline), "
                       "cached by hash(model, text), and/or a truncated SVD of training co-occurrence.")

@@ -15,7 +15,7 @@ from pipelines.reporting import markdown_table, png_markdown
 from pipelines.resources import PipelineSettings
 from pipelines.sequences import stage
 from pipelines.sequences.options import SequenceOptions
-from pipelines.sequences.splits import PROTOCOLS
+from pipelines.sequences.splits import PROTOCOL_TABLE, PROTOCOLS
 from schemas.sequences import (
     BehaviorSteps,
     EvaluationExamples,
@@ -52,8 +52,8 @@ def _split_asset(protocol: str) -> dg.AssetsDefinition:
     @dg.asset(
         name=f"split_{protocol}", deps=[behavior_sets], partitions_def=dataset_partitions, group_name=GROUP,
         kinds={"polars", "parquet"},
-        description=f"The {protocol} split: a role per step and valid/test examples with the leakage filter applied "
-                    "(see pipelines/sequences/splits.py).",
+        description=f"The {protocol} split ({PROTOCOL_TABLE[protocol].description}): a role per step and valid/test "
+                    "examples with the leakage filter applied (see pipelines/sequences/splits.py).",
     )
     def _asset(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
         cfg = settings.dataset(context.partition_key)
@@ -141,12 +141,13 @@ def _model_ready_check(cfg, paths) -> dg.AssetCheckResult:
 
 
 def _split_checks(protocol: str, asset) -> list[dg.AssetChecksDefinition]:
-    def applicable(cfg) -> bool:
-        return not (protocol in ("session", "temporal") and cfg.time.unit == "none")
+    def not_applicable(cfg) -> dg.AssetCheckResult | None:
+        why = PROTOCOL_TABLE[protocol].not_applicable(cfg)
+        return dg.AssetCheckResult(passed=True, metadata={"message": f"not applicable: {why}"}) if why else None
 
     def contract(cfg, paths):
-        if not applicable(cfg):
-            return dg.AssetCheckResult(passed=True, metadata={"message": "not applicable: no time column"})
+        if skipped := not_applicable(cfg):
+            return skipped
         d = stage.split_dir(paths, protocol)
         for file, model in (("roles.parquet", SplitRoles), ("examples.parquet", EvaluationExamples),
                             ("examples_unfiltered.parquet", EvaluationExamples),
@@ -157,8 +158,8 @@ def _split_checks(protocol: str, asset) -> list[dg.AssetChecksDefinition]:
         return check_result(r)
 
     def consistency(cfg, paths):
-        if not applicable(cfg):
-            return dg.AssetCheckResult(passed=True, metadata={"message": "not applicable: no time column"})
+        if skipped := not_applicable(cfg):
+            return skipped
         opts = SequenceOptions.of(cfg)
         return check_result(split_consistency(stage.steps_path(paths), stage.split_dir(paths, protocol),
                                               opts.leakage_filter, opts.max_len, cfg))

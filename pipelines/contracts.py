@@ -193,7 +193,7 @@ def validate_frame(frame: pl.DataFrame, model: type[pa.DataFrameModel], label: s
 
 def exports_contract(exports_dir: Path) -> ContractResult:
     """The exported BLADE split files and RecBole .inter parse and satisfy their contracts."""
-    from schemas.sequences import BladeSplitLine, RecBoleInter
+    from schemas.sequences import BladeSplitLine, RecBoleBenchmarkInter, RecBoleInter
 
     results = []
     for f in sorted((exports_dir / "blade").glob("*.txt")):
@@ -208,6 +208,10 @@ def exports_contract(exports_dir: Path) -> ContractResult:
                                                                    "behaviors:token_seq": pl.String,
                                                                    "session_id:token": pl.Int64})
         results.append(validate_frame(frame, RecBoleInter, f"recbole/{f.name}"))
+    for f in sorted((exports_dir / "recbole_benchmark").glob("*/*.inter")):
+        frame = pl.read_csv(f, separator="\t", schema_overrides={"user_id:token": pl.Int64, "item_id:token": pl.Int64,
+                                                                   "item_id_list:token_seq": pl.String})
+        results.append(validate_frame(frame, RecBoleBenchmarkInter, f"recbole_benchmark/{f.parent.name}/{f.name}"))
     failed = [r for r in results if not r.passed]
     if not results:
         return ContractResult(False, "exports", 0, 0, f"{exports_dir}: no exported files found")

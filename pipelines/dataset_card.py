@@ -20,7 +20,7 @@ import polars as pl
 
 from pipelines.registry import REPO_ROOT, DatasetConfig
 from pipelines.reporting import markdown_table
-from pipelines.sequences.splits import PROTOCOLS
+from pipelines.sequences.splits import PROTOCOLS, default_protocol
 from pipelines.sequences.stage import split_dir, steps_path
 from pipelines.storage import DatasetPaths, write_text_atomic
 from schemas import columns as c
@@ -117,7 +117,8 @@ def sections(cfg: DatasetConfig, paths: DatasetPaths, checks: list[dict[str, obj
         if png.is_file():
             parts.append(("img", png.read_bytes()))
         out.append(Section("Same-item leakage audit", parts))
-    stats = paths.stage_dir("statistics") / "leave_one_out" / "statistics.json"
+    protocol = default_protocol(cfg)
+    stats = paths.stage_dir("statistics") / protocol / "statistics.json"
     if stats.is_file():
         doc = json.loads(stats.read_text())
         parts = [("table", pl.DataFrame({"behavior": doc["behaviors"], "m (training sets)": doc["m"],
@@ -125,7 +126,7 @@ def sections(cfg: DatasetConfig, paths: DatasetPaths, checks: list[dict[str, obj
         heat = stats.parent / "heatmap.png"
         if heat.is_file():
             parts.append(("img", heat.read_bytes()))
-        out.append(Section("Behavior statistics (leave-one-out training sets)", parts))
+        out.append(Section(f"Behavior statistics ({protocol} training sets)", parts))
     sid = paths.stage_dir("semantic_ids") / "quality.json"
     if sid.is_file():
         q = json.loads(sid.read_text())

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from pipelines.registry import REPO_ROOT
+from pipelines.sequences.splits import default_protocol
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,11 +58,12 @@ def main(argv: list[str] | None = None) -> int:
             if audit_path.is_file():
                 import polars as pl
 
-                a = pl.read_parquet(audit_path).filter((pl.col("protocol") == "leave_one_out") & (pl.col("k") == 10))
+                protocol = default_protocol(settings.dataset(key))
+                a = pl.read_parquet(audit_path).filter((pl.col("protocol") == protocol) & (pl.col("k") == 10))
                 if a.height == 2:
                     before, after = (a.filter(pl.col("filter") == "off").row(0, named=True),
                                      a.filter(pl.col("filter") != "off").row(0, named=True))
-                    print(f"   leak (leave-one-out, k=10): 'recent history' HR@10 {before['recent_hr']:.3f} unfiltered, "
+                    print(f"   leak ({protocol}, k=10): 'recent history' HR@10 {before['recent_hr']:.3f} unfiltered, "
                           f"{after['recent_hr']:.3f} after filter '{after['filter']}'")
             sid_path = settings.paths(key).stage_dir("semantic_ids") / "quality.json"
             if sid_path.is_file():

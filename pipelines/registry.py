@@ -178,7 +178,15 @@ class DatasetConfig(_Strict):
 
     @property
     def all_file_names(self) -> list[str]:
-        return [f for role in self.files for f in self.file_names(role)]
+        return [f for role, f in self.reading_order()]
+
+    def reading_order(self) -> list[tuple[str, str]]:
+        """(role, file name) in the order ingest reads files: the format's role order, then list order.
+
+        A file's position here is its index in ``event_order`` (when every file is present), so the
+        release's order train, valid, between, test holds whatever order the registry lists roles in.
+        """
+        return [(role, f) for role in FORMAT_FILE_ROLES[self.format] for f in self.file_names(role)]
 
     @property
     def behavior_names(self) -> list[str]:

@@ -139,6 +139,17 @@ class BladeSplitLine(pa.DataFrameModel):
             pl.all_horizontal([pl.col(f).is_in([0, 1]) for f in flags]) & (pl.sum_horizontal(flags) > 0))
 
 
+class RecBoleBenchmarkInter(pa.DataFrameModel):
+    """One exported RecBole benchmark file (`<dataset>.<role>.inter`): a history and its target."""
+
+    user_id: pl.Int64 = pa.Field(alias="user_id:token", ge=0)
+    item_id_list: pl.String = pa.Field(alias="item_id_list:token_seq", str_matches=r"^\d+( \d+)*$")
+    item_id: pl.Int64 = pa.Field(alias="item_id:token", ge=0)
+
+    class Config:
+        strict = True
+
+
 class RecBoleInter(pa.DataFrameModel):
     """The exported RecBole atomic file (tab-separated, `field:type` header)."""
 

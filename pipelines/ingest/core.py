@@ -73,7 +73,7 @@ def resolve_files(cfg: DatasetConfig, raw_dir: Path, log: Log) -> dict[str, list
     files: dict[str, list[RawFile]] = {}
     missing: list[str] = []
     index = 0
-    for role in cfg.files:
+    for role in (r for r in roles if r in cfg.files):  # the format's reading order, not the registry's
         found = []
         for name in cfg.file_names(role):
             path = raw_dir / name

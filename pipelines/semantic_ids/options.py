@@ -53,7 +53,9 @@ class SemanticIdOptions(BaseModel):
         "Each k-means trains on at most this many points per code, sampled with the seed (0 = all training items)."))
     seed: int = 0
     dedup: bool = Field(default=True, description="Append a counter level so every item's SID is unique.")
-    train_protocol: str = Field(default="leave_one_out", description="Codebooks are trained on this split's training items.")
+    train_protocol: str | None = Field(default=None, description=(
+        "Codebooks are trained on this split's training items (default: `released` for split-file datasets, "
+        "`leave_one_out` otherwise)."))
     min_utilization: float = Field(default=0.2, ge=0, le=1, description="Blocking check: every level uses at least this share of its codes.")
     coherence_neighbours: int = Field(default=10, ge=1)
     coherence_sample: int = Field(default=2000, ge=1, description="Items whose neighbours are searched (exactly) for coherence.")
@@ -63,7 +65,11 @@ class SemanticIdOptions(BaseModel):
 
     @classmethod
     def of(cls, cfg: DatasetConfig) -> "SemanticIdOptions":
-        return stage_options(cls, cfg, "semantic_ids", "semantic-ID")
+        from pipelines.sequences.splits import check_protocol, default_protocol
+
+        opts = stage_options(cls, cfg, "semantic_ids", "semantic-ID")
+        protocol = check_protocol(cfg, opts.train_protocol or default_protocol(cfg), "stages.semantic_ids.train_protocol")
+        return opts.model_copy(update={"train_protocol": protocol})
 
     def build_key(self) -> dict[str, object]:
         """What the codebooks depend on; a change forces a full rebuild."""

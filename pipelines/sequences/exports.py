@@ -3,6 +3,11 @@
 - EIDP/BLADE split files (``train.txt``, ``valid.txt``, ``between_val_test.txt``, ``test.txt``):
   lines ``user,item,b1..bB`` from the eidp protocol, ids 1-based dense, behaviors in registry order;
 - RecBole atomic ``<dataset>.inter``: tab-separated with a ``field:type`` header;
+- RecBole benchmark files ``<dataset>.{train,valid,test}.inter`` for one protocol, so RecBole
+  (``benchmark_filename: [train, valid, test]``) trains and evaluates on exactly our split:
+  sequential datasets in RecBole read pre-built histories from such files (``item_id_list``) and skip
+  their own leave-last-out, so the valid/test rows carry our targets and our (filtered) histories,
+  and the train rows every training prefix, as RecBole's own augmentation would make them;
 - GAMER-style JSON: per user the item list, behavior-name lists and session list.
 """
 
@@ -17,6 +22,7 @@ from pipelines.registry import DatasetConfig
 from pipelines.storage import write_text_atomic
 from schemas import columns as c
 
+RECBOLE_HEADER = ("user_id:token", "item_id_list:token_seq", "item_id:token")
 BLADE_FILES = {"train": "train.txt", "valid": "valid.txt", "between": "between_val_test.txt", "test": "test.txt"}
 
 
@@ -53,6 +59,39 @@ def recbole_inter(steps: pl.DataFrame, cfg: DatasetConfig, out: Path) -> Path:
     path = out / f"{cfg.name}.inter"
     write_text_atomic(frame.write_csv(separator="\t"), path)
     return path
+
+
+def recbole_benchmark(steps: pl.DataFrame, roles: pl.DataFrame, examples: pl.DataFrame, cfg: DatasetConfig,
+                      max_len: int, out: Path) -> dict[str, int]:
+    """``out/<dataset>/<dataset>.{train,valid,test}.inter``; returns rows per file.
+
+    Items are dense ``item_id`` tokens; a history is the last ``max_len`` steps before the target,
+    oldest first, with the leakage filter's dropped steps removed (the same windows as the
+    model-ready arrays).
+    """
+    from pipelines.sequences.model_ready import build
+
+    train = steps.join(roles.filter(pl.col("role") == "train"), on=[c.USER_ID, "step"], how="semi",
+                       maintain_order="left")
+    # train steps are a prefix of every user's sequence, so step k's history is train steps [0, k)
+    prefixes = train.filter(pl.col("step") > 0).select(
+        c.USER_ID, pl.col("step").alias("history_end"), c.ITEM_ID, c.BEHAVIORS, c.TIMESTAMP,
+        pl.lit([], pl.List(pl.UInt32)).alias("dropped_steps"))
+    counts = {}
+    for role, ex in (("train", prefixes), ("valid", examples.filter(pl.col("role") == "valid")),
+                     ("test", examples.filter(pl.col("role") == "test"))):
+        a = build(steps, ex, max_len)
+        history = (pl.Series(a["items"]).arr.to_list().list.eval(pl.element().filter(pl.element() > 0) - 1)
+                   .list.eval(pl.element().cast(pl.String)).list.join(" "))
+        frame = pl.DataFrame({RECBOLE_HEADER[0]: a["user_ids"], RECBOLE_HEADER[1]: history,
+                              RECBOLE_HEADER[2]: a["target_items"] - 1})
+        # RecBole cannot hold an empty history (it indexes the last position), so such examples are left out
+        kept = frame.filter(pl.col(RECBOLE_HEADER[1]) != "")
+        write_text_atomic(kept.write_csv(separator="\t"), out / cfg.name / f"{cfg.name}.{role}.inter")
+        counts[f"{cfg.name}.{role}.inter"] = kept.height
+        if role != "train":
+            counts[f"{role}_examples_with_empty_history_left_out"] = frame.height - kept.height
+    return counts
 
 
 def gamer_json(steps: pl.DataFrame, cfg: DatasetConfig, out: Path) -> Path:

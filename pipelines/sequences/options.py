@@ -42,6 +42,12 @@ class SequenceOptions(BaseModel):
     max_len: int = Field(default=50, ge=1, description="History truncation window (model-ready length).")
     temporal_valid_quantile: float = Field(default=0.8, gt=0, lt=1, description="Valid cut: quantile of step times.")
     temporal_test_quantile: float = Field(default=0.9, gt=0, lt=1, description="Test cut: quantile of step times.")
+    # exports
+    recbole_benchmark: bool = Field(default=True, description=(
+        "Write RecBole benchmark files (train/valid/test .inter) of `recbole_protocol`; the train file holds every "
+        "training prefix (up to max_len tokens each), so switch it off for very large datasets."))
+    recbole_protocol: str | None = Field(default=None, description=(
+        "Protocol of the RecBole benchmark files (default: released for split-file datasets, else leave_one_out)."))
 
     @classmethod
     def of(cls, cfg: DatasetConfig) -> "SequenceOptions":
@@ -51,6 +57,10 @@ class SequenceOptions(BaseModel):
                 raise RegistryError(
                     f"datasets.{cfg.name}.stages.sequences.target_behaviors: behavior '{b}' is not in the "
                     f"dataset's vocabulary {cfg.behavior_names}")
+        if opts.recbole_protocol is not None:
+            from pipelines.sequences.splits import check_protocol
+
+            check_protocol(cfg, opts.recbole_protocol, "stages.sequences.recbole_protocol")
         if opts.temporal_valid_quantile >= opts.temporal_test_quantile:
             raise RegistryError(f"datasets.{cfg.name}.stages.sequences: temporal_valid_quantile must be below "
                                 "temporal_test_quantile")

@@ -19,11 +19,19 @@ Protocols:
   [valid_from, test_from) of each user is valid, the first at or after test_from is test; other
   steps at or after valid_from are history only ("between") up to a user's last target, later
   ones excluded. Nothing after a cut reaches training (no cross-user future leak).
+- ``released``: a published split release (EIDP/BLADE ``train.txt`` / ``valid.txt`` /
+  ``between_val_test.txt`` / ``test.txt``) used as published: every step keeps the role of the
+  file its line came from. A valid line is the user's valid target with the user's train lines as
+  history; a test line the test target with train + valid + between lines as history, in file
+  order. Users without a valid (test) line get no valid (test) example; they are counted.
+
+``PROTOCOL_TABLE`` is the one place that names the protocols: adding one is a function plus an entry.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -32,7 +40,7 @@ from pipelines.registry import DatasetConfig
 from schemas import columns as c
 
 ROLES = ("train", "valid", "between", "test", "excluded")
-PROTOCOLS = ("leave_one_out", "eidp", "session", "temporal")
+SPLIT_FILE_FORMAT = "behavior_set_splits"
 
 
 @dataclass
@@ -42,6 +50,7 @@ class Split:
     examples: pl.DataFrame
     users_excluded: int
     note: str = ""
+    counts: dict[str, int] = field(default_factory=dict)  # protocol-specific user counts for the report
 
 
 def mask_of(cfg: DatasetConfig, names: list[str]) -> int:
@@ -169,3 +178,104 @@ def quantile_cuts(steps: pl.DataFrame, valid_q: float = 0.8, test_q: float = 0.9
     q = steps.select(pl.col(c.TIMESTAMP).quantile(valid_q, "lower").alias("v"),
                      pl.col(c.TIMESTAMP).quantile(test_q, "lower").alias("t")).row(0)
     return int(q[0]), int(q[1])
+
+
+def released(steps: pl.DataFrame, cfg: DatasetConfig) -> Split:
+    """Roles from the release's own files: the role of the file each step's line was read from.
+
+    Ingest reads the files train, valid, between, test (``DatasetConfig.reading_order``) and keeps
+    each line's file index in ``event_order``, so a user's steps are train lines, then the valid
+    line, then between lines, then the test line, in file order, however the release interleaves
+    users inside a file.
+    """
+    file_roles = np.array([ROLES.index(role) for role, _ in cfg.reading_order()], dtype=np.int64)
+    file_index = (steps[c.EVENT_ORDER].to_numpy() >> c.LINE_BITS).astype(np.int64)
+    if file_index.size and file_index.max() >= file_roles.size:
+        raise ValueError(f"dataset '{cfg.name}': a step's file index {int(file_index.max())} is beyond the "
+                         f"registry's files {[f for _, f in cfg.reading_order()]}")
+    code = file_roles[file_index]
+    user = steps[c.USER_ID].to_numpy()
+    step = steps["step"].to_numpy().astype(np.int64)
+    n_users = steps[c.USER_ID].n_unique()
+    counts: dict[str, int] = {}
+    for role in ("valid", "test"):
+        per_user = np.bincount(user[code == ROLES.index(role)], minlength=int(user.max()) + 1 if user.size else 0)
+        if (per_user > 1).any():
+            raise ValueError(
+                f"dataset '{cfg.name}': {int((per_user > 1).sum())} users have more than one {role} line "
+                f"(e.g. dense user {int(np.argmax(per_user > 1))}); a release holds one {role} set per user")
+        counts[f"users_without_{role}"] = int(n_users - (per_user > 0).sum())
+    # file order is sequence order, so the release's roles must come in order within each user
+    if user.size > 1:
+        same = user[1:] == user[:-1]
+        if (same & (code[1:] < code[:-1])).any():
+            raise ValueError(f"dataset '{cfg.name}': a user's steps do not follow the release's file order "
+                             "(train, valid, between, test); was the steps table built with merging across lines?")
+    roles = steps.select(c.USER_ID, "step").with_columns(
+        pl.Series("role", np.array(ROLES, dtype=object)[code], dtype=pl.String))
+    picked = np.flatnonzero((code == 1) | (code == 3))
+    examples = _examples_at(steps, picked, np.where(code[picked] == 1, "valid", "test"), step[picked])
+    return Split("released", roles, examples, 0, counts=counts,
+                 note="roles as released; users without a valid (test) line get no valid (test) example "
+                      "(users_without_valid, users_without_test)")
+
+
+@dataclass(frozen=True)
+class SplitInputs:
+    """What a protocol may need beyond one shard of steps: options and global statistics."""
+
+    cfg: DatasetConfig
+    targets: list[str] | None = None
+    cuts: tuple[int, int] | None = None  # temporal: (valid_from_ms, test_from_ms), computed over all shards
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    run: Callable[[pl.DataFrame, SplitInputs], Split]
+    description: str
+    needs_time: bool = False
+    split_files_only: bool = False
+    needs_cuts: bool = False
+
+    def not_applicable(self, cfg: DatasetConfig) -> str | None:
+        """Why this protocol does not apply to a dataset (None when it does)."""
+        if self.needs_time and cfg.time.unit == "none":
+            return f"dataset '{cfg.name}' has no time column: the {self.name} split needs timestamps"
+        if self.split_files_only and cfg.format != SPLIT_FILE_FORMAT:
+            return (f"dataset '{cfg.name}' is not a split release (format {cfg.format}): the {self.name} split "
+                    f"takes roles from {SPLIT_FILE_FORMAT} files")
+        return None
+
+
+PROTOCOL_TABLE: dict[str, Protocol] = {p.name: p for p in (
+    Protocol("leave_one_out", lambda s, i: leave_one_out(s, i.cfg, i.targets),
+             "last target step test, the previous one valid"),
+    Protocol("eidp", lambda s, i: eidp(s, i.cfg),
+             "EIDP/BLADE rule on raw logs: last two non-auxiliary steps are test and valid"),
+    Protocol("session", lambda s, i: session(s, i.cfg), "GAMER: last session test, the one before valid",
+             needs_time=True),
+    Protocol("temporal", lambda s, i: temporal(s, i.cfg, *i.cuts, i.targets),  # type: ignore[misc]
+             "global time cuts", needs_time=True, needs_cuts=True),
+    Protocol("released", lambda s, i: released(s, i.cfg), "the roles of a published split release, as published",
+             split_files_only=True),
+)}
+PROTOCOLS = tuple(PROTOCOL_TABLE)
+
+
+def default_protocol(cfg: DatasetConfig) -> str:
+    """The protocol models train and evaluate on unless the registry says otherwise: a published
+    release's own split for split-file datasets, leave-one-out for raw logs."""
+    return "released" if cfg.format == SPLIT_FILE_FORMAT else "leave_one_out"
+
+
+def check_protocol(cfg: DatasetConfig, protocol: str, key: str) -> str:
+    """Validate a protocol named in the registry under ``key``; returns it."""
+    from pipelines.registry import RegistryError
+
+    if protocol not in PROTOCOL_TABLE:
+        raise RegistryError(f"datasets.{cfg.name}.{key}: {protocol!r} is not one of {list(PROTOCOLS)}")
+    why = PROTOCOL_TABLE[protocol].not_applicable(cfg)
+    if why:
+        raise RegistryError(f"datasets.{cfg.name}.{key}: {why}")
+    return protocol

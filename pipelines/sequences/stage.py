@@ -113,15 +113,18 @@ def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, lo
     """Write one protocol's roles and examples (filtered and unfiltered), shard by shard of users."""
     opts = SequenceOptions.of(cfg)
     out = split_dir(paths, protocol)
-    if protocol in ("session", "temporal") and cfg.time.unit == "none":
-        return {"applicable": False, "note": f"dataset '{cfg.name}' has no time column: the {protocol} split needs "
-                                             "timestamps; use leave_one_out or eidp"}
+    spec = sp.PROTOCOL_TABLE[protocol]
+    why = spec.not_applicable(cfg)
+    if why:
+        return {"applicable": False, "note": why}
     path = steps_path(paths)
     cuts: tuple[int, int] | None = None
-    if protocol == "temporal":  # a global statistic, computed once over all shards
+    if spec.needs_cuts:  # a global statistic, computed once over all shards
         cuts = sp.quantile_cuts(pl.scan_parquet(path).select(c.TIMESTAMP).collect(),
                                 opts.temporal_valid_quantile, opts.temporal_test_quantile)
+    inputs = sp.SplitInputs(cfg, opts.target_behaviors, cuts)
     roles_count: dict[str, int] = {}
+    user_counts: dict[str, int] = {}
     excluded = leak_steps = leak_examples = n_examples = train_leak_steps = 0
     note = ""
     from pipelines.sequences.model_ready import training_examples
@@ -132,14 +135,9 @@ def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, lo
           ParquetAppender(out / "train_examples.parquet") as train_out):
         for lo, hi in user_shards(path, rows_per_shard):
             steps = read_user_range(path, lo, hi)
-            if protocol == "leave_one_out":
-                split = sp.leave_one_out(steps, cfg, opts.target_behaviors)
-            elif protocol == "eidp":
-                split = sp.eidp(steps, cfg)
-            elif protocol == "session":
-                split = sp.session(steps, cfg)
-            else:
-                split = sp.temporal(steps, cfg, cuts[0], cuts[1], opts.target_behaviors)
+            split = spec.run(steps, inputs)
+            for k, v in split.counts.items():
+                user_counts[k] = user_counts.get(k, 0) + v
             leaks = find_leaks(steps, split.examples, cfg, opts.leakage_filter, opts.max_len)
             roles_out.write(split.roles)
             train = training_examples(steps, split.roles)
@@ -164,7 +162,8 @@ def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, lo
     log(f"{cfg.name}/{protocol}: {n_examples:,} evaluation examples; filter '{opts.leakage_filter}' "
         f"removed {leak_steps:,} history steps from {leak_examples:,} examples")
     return {
-        "applicable": True, "note": note, "users_excluded": excluded, "roles": dict(sorted(roles_count.items())),
+        "applicable": True, "note": note, "users_excluded": excluded, **user_counts,
+        "roles": dict(sorted(roles_count.items())),
         "examples": n_examples, "leakage_filter": opts.leakage_filter, "max_len": opts.max_len,
         "leak_steps_removed": leak_steps, "examples_with_leak_removed": leak_examples,
         "filter_training_targets": opts.filter_training_targets, "training_leak_steps_removed": train_leak_steps,
@@ -220,10 +219,22 @@ def materialize_exports(cfg: DatasetConfig, paths: DatasetPaths, log: Log = prin
     steps = pl.read_parquet(steps_path(paths))
     out = paths.stage_dir("exports")
     result: dict[str, object] = {}
-    eidp_roles = split_dir(paths, "eidp") / "roles.parquet"
-    if eidp_roles.is_file():
-        result["blade_split_files"] = exports.blade_split_files(steps, pl.read_parquet(eidp_roles), cfg, out / "blade")
+    # a release exports its own roles (export -> re-import gives the same split); raw logs the eidp rule's
+    for protocol in ("released", "eidp"):
+        roles = split_dir(paths, protocol) / "roles.parquet"
+        if roles.is_file() and not sp.PROTOCOL_TABLE[protocol].not_applicable(cfg):
+            result["blade_split_files"] = exports.blade_split_files(steps, pl.read_parquet(roles), cfg, out / "blade")
+            result["blade_split_protocol"] = protocol
+            break
     result["recbole_inter"] = str(exports.recbole_inter(steps, cfg, out / "recbole"))
+    opts = SequenceOptions.of(cfg)
+    protocol = opts.recbole_protocol or sp.default_protocol(cfg)
+    examples = split_dir(paths, protocol) / "examples.parquet"
+    if opts.recbole_benchmark and examples.is_file():
+        result["recbole_benchmark"] = exports.recbole_benchmark(
+            steps, pl.read_parquet(split_dir(paths, protocol) / "roles.parquet"), pl.read_parquet(examples),
+            cfg, opts.max_len, out / "recbole_benchmark")
+        result["recbole_benchmark_protocol"] = protocol
     result["gamer_json"] = str(exports.gamer_json(steps, cfg, out / "gamer"))
     log(f"{cfg.name}: exports written to {out}")
     return result

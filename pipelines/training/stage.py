@@ -27,7 +27,7 @@ from pipelines.registry import DatasetConfig, RegistryError, stage_options
 from pipelines.reporting import markdown_table
 from pipelines.sequences import model_ready
 from pipelines.sequences.options import SequenceOptions
-from pipelines.sequences.splits import PROTOCOLS
+from pipelines.sequences.splits import check_protocol, default_protocol
 from pipelines.sequences.stage import ROWS_PER_SHARD, split_dir, steps_path
 from pipelines.storage import DatasetPaths, read_user_range, user_shards, write_parquet_atomic, write_text_atomic
 from pipelines.training.evaluate import evaluate
@@ -52,7 +52,9 @@ class TrainingOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    protocol: str = Field(default="leave_one_out", description="The split models train and are evaluated on.")
+    protocol: str | None = Field(
+        default=None, description="The split models train and are evaluated on (default: `released` for split-file "
+                                  "datasets, `leave_one_out` otherwise).")
     mask_history: int = Field(default=0, ge=0, description="Exclude the last n history items from the ranking (0: none).")
     models: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Hyperparameters per model.")
 
@@ -62,9 +64,8 @@ class TrainingOptions(BaseModel):
         unknown = sorted(set(opts.models) - set(MODELS))
         if unknown:
             raise RegistryError(f"datasets.{cfg.name}.stages.training.models: unknown model(s) {unknown}; known: {MODELS}")
-        if opts.protocol not in PROTOCOLS:
-            raise RegistryError(f"datasets.{cfg.name}.stages.training.protocol: {opts.protocol!r} is not one of {PROTOCOLS}")
-        return opts
+        protocol = check_protocol(cfg, opts.protocol or default_protocol(cfg), "stages.training.protocol")
+        return opts.model_copy(update={"protocol": protocol})
 
     def params(self, name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """Hyperparameters of one model: built-in defaults < registry < ``overrides`` (run config)."""
