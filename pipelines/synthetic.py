@@ -2,7 +2,7 @@
 
 The generator stands in for the real dataset files (which cannot be downloaded here) in tests, the
 demo and benchmarks. It writes every format listed in ``FORMATS`` byte-for-byte the way the adapters
-in ``pipelines/ingest`` expect the published files (see ``shared/FORMATS.md``), from one latent model.
+in ``pipelines/ingest`` expect the published files (README, "Your own data"), from one latent model.
 
 The model
 ---------
@@ -804,11 +804,24 @@ _SPLIT_FILES = ("train.txt", "valid.txt", "between_val_test.txt", "test.txt")
 
 
 def _splits_chunk(world: _World, spec: SyntheticSpec, ci: int, u0: int, u1: int) -> dict[str, pl.DataFrame]:
+    """The four files of an EIDP/BLADE release, with the quirks of the published QK-Video one.
+
+    - valid and test hold one non-click-only set per user (the last two), ``between_val_test`` the
+      click-only sets between them; users with fewer than two such sets are training-only;
+    - a few users lose their test line (or valid line) as in the release, where ~4.5% have no test
+      line and ~4.2% no valid line; valid/test items always occur in ``train.txt`` (a line whose item
+      does not is withheld, as the release's item filter does);
+    - ``train.txt`` and ``between_val_test.txt`` interleave blocks of users' lines (file order within
+      a user stays the sequence order), and a few all-zero lines sit in ``train.txt``.
+    """
     rng = _chunk_rng(spec, "behavior_set_splits", _STREAM_EVENTS, ci)
     s = _simulate_slots(world, spec, rng, u1 - u0, _UNTIMED_WINDOW, _FLAG_MODE)
     f = _flags(spec, rng, s)
-    keep = np.flatnonzero(f["click"] | f["like"] | f["share"] | f["follow"])  # drop exposures
+    any_flag = f["click"] | f["like"] | f["share"] | f["follow"]
+    # exposures are dropped, except a few all-zero lines left in as in the release
+    keep = np.flatnonzero(any_flag | (rng.random(len(any_flag)) < 0.002))
     user = s.user[keep]
+    item = s.item[keep]
     flags = {k: v[keep] for k, v in f.items()}
     target = (flags["like"] | flags["share"] | flags["follow"]).astype(np.int64)  # not click-only
     per_user = np.bincount(user, weights=target, minlength=s.n_users).astype(np.int64)
@@ -820,15 +833,33 @@ def _splits_chunk(world: _World, spec: SyntheticSpec, ci: int, u0: int, u1: int)
     is_test = split_user & (target == 1) & (from_end == 1)
     is_valid = split_user & (target == 1) & (from_end == 2)
     after_test = split_user & (from_end == 0)  # click-only sets after the test set are not released
+    zero = ~(flags["click"] | flags["like"] | flags["share"] | flags["follow"])
     between = split_user & (target == 0) & (from_end == 1)
     train = ~(is_test | is_valid | after_test | between)
+    between &= ~zero  # all-zero lines only ever sit in train.txt
+    # withheld evaluation lines: a small share at random, and every one whose item is not in train
+    in_train = np.zeros(spec.items, dtype=bool)
+    in_train[item[train]] = True
+    lost = rng.random(s.n_users)
+    is_test &= in_train[item] & (lost[user] >= 0.004)
+    is_valid &= in_train[item] & ((lost[user] < 0.004) | (lost[user] >= 0.006))
     base = pl.DataFrame({
-        "user": user + u0 + 1, "item": s.item[keep] + 1,
+        "user": user + u0 + 1, "item": item + 1,
         "b1": flags["click"].astype(np.int8), "b2": flags["like"].astype(np.int8),
         "b3": flags["share"].astype(np.int8), "b4": flags["follow"].astype(np.int8),
     })
-    return {name: base.filter(pl.Series(mask)) for name, mask in
-            zip(_SPLIT_FILES, (train, is_valid, between, is_test), strict=True)}
+    block_len = 2 + rng.geometric(1 / 8, s.n_users)  # lines per block of one user
+
+    def interleaved(mask: np.ndarray) -> pl.DataFrame:
+        rows = np.flatnonzero(mask)
+        u = user[rows]
+        first = np.r_[0, np.flatnonzero(u[1:] != u[:-1]) + 1] if len(u) else np.zeros(0, np.int64)
+        pos = np.arange(len(u)) - np.repeat(first, np.diff(np.r_[first, len(u)]))
+        order = np.lexsort((rng.permutation(s.n_users)[u], pos // block_len[u]))  # block, then a user order
+        return base[rows[order]]
+
+    return {"train.txt": interleaved(train), "valid.txt": base.filter(pl.Series(is_valid)),
+            "between_val_test.txt": interleaved(between), "test.txt": base.filter(pl.Series(is_test))}
 
 
 # ============================================================================ driver

@@ -105,25 +105,26 @@ def test_seeded_and_never_touching_padding(op):
 
 
 def test_reimported_blade_split_gives_the_same_M_and_m_as_its_train_file(tmp_path, registry):
-    """Generated release files -> ingest -> steps -> eidp split -> statistics over the train role,
-    against counting straight over train.txt."""
+    """Generated release files -> ingest -> steps -> released split -> statistics over the train role,
+    against counting straight over train.txt (users' lines interleave in blocks: group them stably)."""
     from pipelines.augmentation.stage import materialize_statistics
     from pipelines.sequences.stage import materialize_split, materialize_steps
 
     cfg = registry.get("blade_qk_video")
     paths = ingested(cfg, tmp_path)
     materialize_steps(cfg, paths, log=lambda _: None)
-    materialize_split(cfg, paths, "eidp", log=lambda _: None)
-    doc = materialize_statistics(cfg, paths, log=lambda _: None)["eidp"]
+    materialize_split(cfg, paths, "released", log=lambda _: None)
+    doc = materialize_statistics(cfg, paths, log=lambda _: None)["released"]
 
     raw = np.loadtxt(paths.generated_dir / "train.txt", delimiter=",", dtype=np.int64, ndmin=2)
+    raw = raw[np.argsort(raw[:, 0], kind="stable")]
     masks = (raw[:, 2:] << np.arange(raw.shape[1] - 2)).sum(axis=1)
     keep = masks > 0
     users = raw[keep, 0]
     direct = statistics(count_sets(train_steps(masks[keep].tolist(), (users - users.min()).tolist()), 4))
     assert doc["m"] == direct.m.tolist() and doc["M"] == direct.M.tolist() and doc["T"] == direct.T.tolist()
     assert doc["training_sets"] == int(keep.sum())
-    assert (paths.stage_dir("statistics") / "eidp" / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    assert (paths.stage_dir("statistics") / "released" / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_statistics_check_catches_asymmetric_M_and_non_training_counts(tmp_path, registry):
