@@ -17,7 +17,6 @@ import polars as pl
 from pipelines.registry import DatasetConfig
 from schemas import columns as c
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # GX's metric progress bars
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 
@@ -44,7 +43,12 @@ def run_suite(name: str, frame: pl.DataFrame, expectations: list, docs_dir: Path
     """Run ``expectations`` on ``frame`` with a checkpoint that updates the Data Docs in ``docs_dir``."""
     import great_expectations as gx
 
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="ephemeral")
+    # GX's "Calculating Metrics" bars would flood the run log; tqdm's env switch is read at its import,
+    # which may come before ours, so the context's own setting turns them off
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     context.add_data_docs_site(site_name="mbrec", site_config={
         "class_name": "SiteBuilder",
         "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},

@@ -10,7 +10,10 @@ from pipelines.sequences.stage import materialize_model_ready, materialize_split
 from schemas import columns as c
 
 
-def test_suites_pass_on_generated_data_and_catch_violations(tmp_path, registry):
+def test_suites_pass_on_generated_data_and_catch_violations(tmp_path, registry, capfd):
+    import tqdm  # imported before the suites run, as other libraries do: the env switch is too late then
+
+    assert tqdm is not None
     cfg = registry.get("tenrec_qk_video")
     paths = ingested(cfg, tmp_path)
     events = paths.stage_dir("ingest") / "events.parquet"
@@ -18,6 +21,7 @@ def test_suites_pass_on_generated_data_and_catch_violations(tmp_path, registry):
     r = canonical_events_suite(cfg, events, docs)
     assert r.success and r.failed == 0 and r.evaluated >= 9
     assert r.docs_index.is_file() and "canonical_events" in r.docs_index.read_text()
+    assert "Calculating Metrics" not in "".join(capfd.readouterr())  # no progress bars flooding the run log
 
     bad = tmp_path / "bad.parquet"
     pl.read_parquet(events).with_columns(pl.lit(99, pl.UInt16).alias(c.BEHAVIORS)).write_parquet(bad)
