@@ -4,7 +4,6 @@ Thin Dagster wrappers; the logic is ``pipelines.ingest.core.ingest_dataset``.
 """
 
 
-import json
 from pathlib import Path
 
 import warnings
@@ -19,8 +18,7 @@ from pipelines.contracts import ContractResult, ingest_consistency, validate_par
 from pipelines.ingest import core
 from pipelines.reporting import counts_table, markdown_table
 from pipelines.resources import PipelineSettings
-from pipelines.sources import resolve_raw_source
-from pipelines.storage import write_text_atomic
+from pipelines.sources import SOURCE_FILE, resolve_raw_source
 from schemas import ingest as contracts
 
 STAGE = "ingest"
@@ -36,6 +34,12 @@ TABLES = {  # asset name -> (file, contract, description)
 }
 
 
+class IngestRunConfig(dg.Config):
+    # Once a dataset's outputs were built from real raw files, a missing raw folder fails the run
+    # instead of silently replacing them with generated data; set this to replace them anyway.
+    allow_synthetic: bool = False
+
+
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(name, group_name=STAGE, kinds={"polars", "parquet"}, description=desc,
@@ -45,15 +49,14 @@ TABLES = {  # asset name -> (file, contract, description)
     partitions_def=dataset_partitions,
     can_subset=False,
 )
-def ingest(context: dg.AssetExecutionContext, settings: PipelineSettings):
+def ingest(context: dg.AssetExecutionContext, settings: PipelineSettings, config: IngestRunConfig):
     """Read the dataset's raw files (or generate them) and write the canonical ingest tables."""
     cfg = settings.dataset(context.partition_key)
     paths = settings.paths(cfg.name)
-    source = resolve_raw_source(cfg, paths, log=context.log.info)
-    summary = core.ingest_dataset(cfg, source.directory, paths.stage_dir(STAGE), log=context.log.info)
+    source = resolve_raw_source(cfg, paths, log=context.log.info, allow_synthetic=config.allow_synthetic)
+    summary = core.ingest_dataset(cfg, source.directory, paths.stage_dir(STAGE), log=context.log.info,
+                                  extra_files={SOURCE_FILE: source.to_json()})
     out = paths.stage_dir(STAGE)
-    write_text_atomic(json.dumps({"kind": source.kind, "description": source.description, "files": source.files},
-                                 indent=1, sort_keys=True) + "\n", out / "source.json")
     common = {
         "source": source.kind,
         "source_description": source.description,

@@ -58,6 +58,12 @@ def ingest_consistency(out_dir: Path) -> ContractResult:
     """Semantic checks across the ingest tables: counts reconcile, id maps dense, events reference them."""
     report = json.loads((out_dir / "ingest_report.json").read_text())
     problems: list[str] = []
+    manifest = out_dir / "_manifest.json"
+    if manifest.is_file():  # one published version: every file it names, at the size it was written
+        files = json.loads(manifest.read_text())["files"]
+        torn = [n for n, size in files.items() if not (out_dir / n).is_file() or (out_dir / n).stat().st_size != size]
+        if torn:
+            problems.append(f"files differ from the published version's manifest: {torn}")
     read, kept, bad, dup = (report[k] for k in ("rows_read", "rows_kept", "rows_quarantined", "duplicates_dropped"))
     if read != kept + bad + dup:
         problems.append(f"rows read {read} != kept {kept} + quarantined {bad} + duplicates {dup}")

@@ -205,8 +205,12 @@ class DatasetConfig(_Strict):
 class Registry(_Strict):
     path: Path
     datasets: dict[str, DatasetConfig]
+    broken: dict[str, str] = Field(default_factory=dict, description="dataset -> why its entry is invalid")
+    order: list[str] = Field(default_factory=list, description="every dataset name in file order, broken included")
 
     def get(self, name: str) -> DatasetConfig:
+        if name in self.broken:
+            raise RegistryError(self.broken[name])
         try:
             return self.datasets[name]
         except KeyError:
@@ -216,21 +220,40 @@ class Registry(_Strict):
 
     @property
     def names(self) -> list[str]:
-        return list(self.datasets)
+        """Every dataset of the file (broken ones too: they show up, and fail with their error when run)."""
+        return self.order or list(self.datasets)
 
 
-def _format_error(path: Path, dataset: str | None, err: ValidationError) -> str:
+def _format_error(path: Path, dataset: str | None, err: ValidationError, skip: set[str] = frozenset()) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
-        where = f"datasets.{dataset}.{loc}" if dataset else loc
+        if loc in skip:
+            continue
+        where = ".".join(x for x in ("datasets" if dataset else "", dataset or "", loc) if x)
         lines.append(f"  {where}: {e['msg']}")
     head = f"{path}: invalid registry entry" + (f" for dataset '{dataset}'" if dataset else "")
-    return head + "\n" + "\n".join(lines)
+    return head + "\n" + "\n".join(lines) if lines else ""
 
 
-def load_registry(path: str | os.PathLike[str] | None = None) -> Registry:
-    """Load and validate the registry (default: $MBREC_REGISTRY or data/datasets.yaml)."""
+def _in(mapping: Any, loc: tuple[Any, ...]) -> bool:
+    """Whether the key path ``loc`` exists in a nested mapping."""
+    for key in loc:
+        if not isinstance(mapping, dict) or key not in mapping:
+            return False
+        mapping = mapping[key]
+    return True
+
+
+def load_registry(path: str | os.PathLike[str] | None = None, *, strict: bool = True) -> Registry:
+    """Load and validate the registry (default: $MBREC_REGISTRY or data/datasets.yaml).
+
+    Every entry is validated and every error is reported at once: a key that is wrong under
+    ``defaults:`` is reported once as ``defaults.<key>``, not as a key of every dataset. ``strict``
+    (the default) raises when any entry is invalid; otherwise the valid datasets load and the broken
+    ones are listed in ``Registry.broken`` (``get`` raises their error), so one bad entry does not
+    stop the others (the Dagster code location loads this way).
+    """
     path = Path(path or os.environ.get(REGISTRY_ENV) or DEFAULT_REGISTRY)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -244,18 +267,35 @@ def load_registry(path: str | os.PathLike[str] | None = None) -> Registry:
     if extra:
         raise RegistryError(f"{path}: unknown top-level key(s) {extra}; expected 'datasets' and 'defaults'")
     defaults = raw.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise RegistryError(f"{path}: `defaults:` must be a mapping")
     datasets: dict[str, DatasetConfig] = {}
+    broken: dict[str, str] = {}
+    default_errors: dict[str, str] = {}
     for name, entry in raw["datasets"].items():
+        name = str(name)
         if not isinstance(entry, dict):
-            raise RegistryError(f"{path}: dataset '{name}' must be a mapping")
-        if not str(name).replace("_", "").isalnum() or str(name) != str(name).lower():
-            raise RegistryError(f"{path}: dataset name '{name}' must be lower_snake_case")
-        merged = {**_deep_merge(defaults, entry), "name": str(name)}
+            broken[name] = f"{path}: dataset '{name}' must be a mapping"
+            continue
+        if not name.replace("_", "").isalnum() or name != name.lower():
+            broken[name] = f"{path}: dataset name '{name}' must be lower_snake_case"
+            continue
+        merged = {**_deep_merge(defaults, entry), "name": name}
         try:
-            datasets[str(name)] = DatasetConfig.model_validate(merged)
+            datasets[name] = DatasetConfig.model_validate(merged)
         except ValidationError as e:
-            raise RegistryError(_format_error(path, str(name), e)) from None
-    return Registry(path=path, datasets=datasets)
+            from_defaults = {".".join(map(str, x["loc"])): x["msg"] for x in e.errors()
+                             if x["loc"] and _in(defaults, x["loc"]) and not _in(entry, x["loc"])}
+            default_errors.update(from_defaults)
+            own = _format_error(path, name, e, skip=set(from_defaults))
+            broken[name] = own or (f"{path}: dataset '{name}' is invalid because of `defaults:`: "
+                                   + "; ".join(f"defaults.{k}: {m}" for k, m in from_defaults.items()))
+    problems = [f"{path}: invalid `defaults:` entry\n" + "\n".join(f"  defaults.{k}: {m}" for k, m in
+                                                                   sorted(default_errors.items()))] if default_errors else []
+    problems += [msg for msg in broken.values() if "because of `defaults:`" not in msg]
+    if problems and strict:
+        raise RegistryError("\n".join(problems))
+    return Registry(path=path, datasets=datasets, broken=broken, order=[str(n) for n in raw["datasets"]])
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ class PipelineSettings(dg.ConfigurableResource):
     data_root: str = ""  # "" = $MBREC_DATA_ROOT or data/
 
     def registry(self) -> Registry:
-        return load_registry(self.registry_path or None)
+        return load_registry(self.registry_path or None, strict=False)
 
     def dataset(self, name: str) -> DatasetConfig:
         return self.registry().get(name)

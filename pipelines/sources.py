@@ -12,6 +12,11 @@ from pipelines.registry import DatasetConfig
 from pipelines.storage import DatasetPaths, has_raw_files, write_text_atomic
 
 SPEC_FILE = ".synthetic_spec.json"
+SOURCE_FILE = "source.json"  # beside the ingest outputs: what they were built from
+
+
+class SourceError(RuntimeError):
+    """The raw files are gone or unreadable where real outputs exist: never fall back silently."""
 
 
 @dataclass(frozen=True)
@@ -21,14 +26,46 @@ class RawSource:
     description: str
     files: dict[str, dict[str, object]]  # name -> {bytes, sha256?}
 
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind, "description": self.description, "files": self.files},
+                          indent=1, sort_keys=True) + "\n"
+
+
+def previous_source_kind(paths: DatasetPaths) -> str | None:
+    """What the published ingest outputs were built from ("raw" / "synthetic"), None if none exist."""
+    f = paths.stage_dir("ingest") / SOURCE_FILE
+    try:
+        return json.loads(f.read_text()).get("kind") if f.is_file() else None
+    except (OSError, ValueError):
+        return None
+
 
 def resolve_raw_source(
-    cfg: DatasetConfig, paths: DatasetPaths, *, log: Callable[[str], None] = print, hash_limit_bytes: int = 256 << 20
+    cfg: DatasetConfig, paths: DatasetPaths, *, log: Callable[[str], None] = print, hash_limit_bytes: int = 256 << 20,
+    allow_synthetic: bool = False,
 ) -> RawSource:
-    """Use the user's raw files when present; otherwise generate synthetic files (cached by spec)."""
+    """Use the user's raw files when present; otherwise generate synthetic files (cached by spec).
+
+    Generated data stands in only for a dataset that has never been built from real files: when
+    the published outputs came from raw files and ``data/raw/<dataset>/`` holds none (folder
+    removed, a directory or a broken link under the file's name), this fails naming the path,
+    unless ``allow_synthetic``.
+    """
+    unreadable = [p for p in (paths.raw_dir / f for f in cfg.all_file_names)
+                  if (p.exists() or p.is_symlink()) and not p.is_file()]
+    if unreadable:  # the user meant to give real files: say what is wrong with them
+        raise SourceError(f"dataset '{cfg.name}': {', '.join(map(str, unreadable))} "
+                          f"{'is' if len(unreadable) == 1 else 'are'} not a readable file (a folder or a broken link)")
     if has_raw_files(paths.raw_dir):
         return RawSource(paths.raw_dir, "raw", f"raw files in {paths.raw_dir}",
                          _describe(paths.raw_dir, cfg, hash_limit_bytes))
+    if previous_source_kind(paths) == "raw" and not allow_synthetic:
+        expected = ", ".join(str(paths.raw_dir / f) for f in cfg.all_file_names)
+        raise SourceError(
+            f"dataset '{cfg.name}': {paths.raw_dir} holds no readable raw file (expected {expected}), but the "
+            f"published outputs in {paths.stage_dir('ingest')} were built from real files. Refusing to replace them "
+            "with generated data: restore the raw files, or run with ingest config {allow_synthetic: true} "
+            "(Dagster run config of the ingest op) to replace them on purpose.")
     from pipelines.synthetic import SyntheticSpec, write_synthetic
 
     import pipelines.synthetic as generator

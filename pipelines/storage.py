@@ -116,6 +116,67 @@ class StagedOutputs:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
+class VersionedOutputs(StagedOutputs):
+    """Publish a stage's files as ONE unit: a version folder switched in by one atomic rename.
+
+    ``out_dir`` is a symbolic link to the current version folder (``.<name>.v-<id>`` beside it).
+    The files are written into a new version folder; ``publish()`` deletes scratch files (``_*``),
+    writes ``_manifest.json`` (every file with its size), and replaces the link in one
+    ``os.replace``. A reader of ``out_dir`` therefore sees the old set of files or the new set, never
+    a mix, whatever moment a run is killed at. The previous version is kept (a reader that resolved
+    the link just before the switch still finds its files); older versions and the staging folders
+    of killed runs are removed by the next run, which holds the dataset lock (``pipelines.locks``).
+    """
+
+    MANIFEST = "_manifest.json"
+
+    def __init__(self, out_dir: Path) -> None:
+        super().__init__(out_dir)
+        self.version = uuid.uuid4().hex[:12]
+        self.staging = out_dir.parent / f".{out_dir.name}.v-{self.version}"
+
+    def publish(self) -> dict[str, Path]:
+        import json
+
+        for f in self.staging.iterdir():
+            if f.name.startswith("_"):
+                shutil.rmtree(f) if f.is_dir() else f.unlink()
+        files = {f.name: f.stat().st_size for f in sorted(self.staging.iterdir())}
+        (self.staging / self.MANIFEST).write_text(json.dumps({"version": self.version, "files": files}, indent=1) + "\n")
+        previous = os.readlink(self.out_dir) if self.out_dir.is_symlink() else None
+        if self.out_dir.exists() and not self.out_dir.is_symlink():  # a folder from before versioning
+            legacy = self.out_dir.parent / f".{self.out_dir.name}.v-legacy-{self.version}"
+            os.replace(self.out_dir, legacy)
+            previous = legacy.name
+        link = self.out_dir.parent / f".{self.out_dir.name}.link-{self.version}"
+        os.symlink(self.staging.name, link)
+        os.replace(link, self.out_dir)  # the one switch
+        self._published = True
+        self._prune(keep={self.staging.name, previous or ""})
+        return {name: self.out_dir / name for name in files}
+
+    def _prune(self, keep: set[str]) -> None:
+        for p in self.out_dir.parent.glob(f".{self.out_dir.name}.*"):
+            if p.name not in keep:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+
+    def __enter__(self) -> "VersionedOutputs":
+        super().__enter__()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._published:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def current_version(out_dir: Path) -> str | None:
+    """The version id a versioned stage folder points at (None for a plain folder)."""
+    import json
+
+    manifest = out_dir / VersionedOutputs.MANIFEST
+    return json.loads(manifest.read_text())["version"] if manifest.is_file() else None
+
+
 class ParquetAppender:
     """Append frames to one parquet file as row groups; the file appears (atomically) on close.
 

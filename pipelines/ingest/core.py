@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,10 +24,11 @@ from pathlib import Path
 import polars as pl
 
 from pipelines.ingest.errors import IngestError
-from pipelines.ingest.formats import EVENT_PARSERS, event_files, item_attributes_from_files
-from pipelines.ingest.lines import N_FIELDS, TEXT, Check, RawFile
+from pipelines.ingest.formats import EVENT_PARSERS, EVENT_ROLES, event_files, item_attributes_from_files
+from pipelines.ingest.lines import N_FIELDS, TEXT, Check, RawFile, escape_invisible, readable_copy, utf8_check
 from pipelines.registry import FORMAT_FILE_ROLES, DatasetConfig
-from pipelines.storage import ParquetAppender, StagedOutputs
+from pipelines.locks import dataset_lock
+from pipelines.storage import ParquetAppender, VersionedOutputs, write_parquet_atomic
 from schemas import columns as c
 from schemas.columns import EVENT_COLUMNS
 
@@ -36,6 +38,7 @@ USER_MAP_FILE = "user_id_map.parquet"
 ITEM_MAP_FILE = "item_id_map.parquet"
 SIDE_INFO_FILE = "item_side_info.parquet"
 QUARANTINE_FILE = "quarantine.parquet"
+FAILED_QUARANTINE_DIR = "ingest_failed_attempt"  # beside the ingest outputs: the last failed run's quarantine
 REPORT_FILE = "ingest_report.json"
 SIDE_COLUMNS = (c.CATEGORY_ID, c.CATEGORY_PATH, c.BRAND_ID, c.SELLER_ID, c.CAPTION_TOKENS)
 
@@ -112,20 +115,27 @@ def ingest_dataset(
     log: Log = print,
     examples: int = 5,
     rows_per_shard: int = 5_000_000,
+    extra_files: dict[str, str] | None = None,
 ) -> IngestSummary:
     """Ingest one dataset's raw files from ``raw_dir`` into ``out_dir`` (published atomically).
 
     Events are processed in shards of consecutive dense user ids (about ``rows_per_shard`` rows
-    each), which bounds memory: a shard never needs another shard's rows.
+    each), which bounds memory: a shard never needs another shard's rows. ``extra_files`` (name ->
+    text, e.g. the source description) are published in the same unit as the tables.
     """
     started = time.perf_counter()
     files = resolve_files(cfg, raw_dir, log)
-    source = EVENT_PARSERS[cfg.format](cfg, files)
-    code = _reason_code(source.checks)
-    kept_for_bad = [TEXT, N_FIELDS, *source.raw_fields]
     has_time = cfg.time.unit != "none"
 
-    with StagedOutputs(out_dir) as staged:
+    with dataset_lock(out_dir.parent, f"ingest of {cfg.name}", log=log), VersionedOutputs(out_dir) as staged:
+        # invalid UTF-8 bytes would fail the whole scan: such lines are found first and quarantined
+        event_roles = set(EVENT_ROLES[cfg.format])
+        files = {role: [readable_copy(f, staged.staging) if role in event_roles else f for f in fs]
+                 for role, fs in files.items()}
+        source = EVENT_PARSERS[cfg.format](cfg, files)
+        checks = [utf8_check(event_files(cfg, files)), *source.checks]
+        code = _reason_code(checks)
+        kept_for_bad = [TEXT, N_FIELDS, *source.raw_fields]
         # 1-2. one streaming pass over the raw lines
         parsed_path = staged.path("_parsed.parquet")
         log(f"{cfg.name}: parsing {', '.join(f.name for fs in files.values() for f in fs if fs)}")
@@ -156,15 +166,17 @@ def ingest_dataset(
         # 3. quarantine
         quarantine = (
             parsed.filter(pl.col(REASON_CODE).is_not_null())
-            .with_columns(_reason_text(source.checks))
+            .with_columns(_reason_text(checks))
             .sort(c.EVENT_ORDER)
             .select(c.SOURCE_FILE, c.SOURCE_LINE, c.REASON, pl.col(TEXT).alias(c.RAW_TEXT))
             .collect()
+            .with_columns(pl.col(c.REASON).map_elements(escape_invisible, return_dtype=pl.String))
         )
         quarantine.write_parquet(staged.path(QUARANTINE_FILE))
         n_bad = quarantine.height
-        reasons = _reason_counts(parsed, source.checks)
+        reasons = _reason_counts(parsed, checks)
         if rows_read and n_bad / rows_read > cfg.ingest.bad_row_threshold:
+            kept_at = _keep_failed_quarantine(quarantine, out_dir)
             shown = "\n".join(
                 f"  {r[c.SOURCE_FILE]}:{r[c.SOURCE_LINE]}: {r[c.REASON]}" for r in quarantine.head(examples).iter_rows(named=True)
             )
@@ -172,7 +184,8 @@ def ingest_dataset(
                 f"dataset '{cfg.name}': {n_bad:,} of {rows_read:,} rows ({n_bad / rows_read:.3%}) are malformed, "
                 f"above the threshold {cfg.ingest.bad_row_threshold:.3%} (registry key "
                 f"datasets.{cfg.name}.ingest.bad_row_threshold). Reasons: {reasons}. First rows:\n{shown}\n"
-                f"Nothing was published; the previous outputs in {out_dir} are unchanged."
+                f"Nothing was published; the previous outputs in {out_dir} are unchanged. The full quarantine "
+                f"of this attempt ({n_bad:,} rows) is in {kept_at}."
             )
 
         # 4-5. dense ids in raw-id order (duplicates never change the user or item sets), then
@@ -223,7 +236,10 @@ def ingest_dataset(
         summary.outputs = {name: str(out_dir / name) for name in
                            (EVENTS_FILE, USER_MAP_FILE, ITEM_MAP_FILE, SIDE_INFO_FILE, QUARANTINE_FILE, REPORT_FILE)}
         staged.path(REPORT_FILE).write_text(json.dumps(asdict(summary), indent=2, sort_keys=True) + "\n")
+        for name, text in (extra_files or {}).items():
+            staged.path(name).write_text(text)
         staged.publish()
+        shutil.rmtree(out_dir.parent / FAILED_QUARANTINE_DIR, ignore_errors=True)  # superseded by this run
     log(
         f"{cfg.name}: {rows_read:,} rows read = {rows_kept:,} kept + {n_bad:,} quarantined + "
         f"{summary.duplicates_dropped:,} duplicates; {summary.users:,} users, {summary.items:,} items "
@@ -289,6 +305,11 @@ def _drop_exact_duplicates(df: pl.DataFrame) -> pl.DataFrame:
     indexed = df.with_row_index("__row")
     repeats = indexed.filter(candidate).filter(~pl.struct(keys).is_first_distinct())["__row"]
     return indexed.filter(~pl.col("__row").is_in(repeats.implode())).drop("__row")
+
+
+def _keep_failed_quarantine(quarantine: pl.DataFrame, out_dir: Path) -> Path:
+    """A failed attempt publishes nothing, but its quarantine is what the user needs to read."""
+    return write_parquet_atomic(quarantine, out_dir.parent / FAILED_QUARANTINE_DIR / QUARANTINE_FILE)
 
 
 def _id_map(kept: pl.LazyFrame, raw: str, dense: str) -> pl.DataFrame:

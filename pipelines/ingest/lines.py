@@ -32,16 +32,88 @@ SANE_FROM = date(1995, 1, 1)
 SANE_TO = date(2100, 1, 1)
 
 
+BOM = "\ufeff"
+INVALID_UTF8 = "invalid UTF-8"
+
+
 @dataclass(frozen=True)
 class RawFile:
-    """One raw file of a dataset, with its position in reading order (for ``event_order``)."""
+    """One raw file of a dataset, with its position in reading order (for ``event_order``).
+
+    ``readable``: a copy with invalid UTF-8 bytes replaced (only when the file has any, see
+    ``utf8_problems``); ``bad_lines``: the 1-based numbers of those lines, quarantined as bad rows.
+    """
 
     path: Path
     index: int
+    readable: Path | None = None
+    bad_lines: tuple[int, ...] = ()
+    bom: bool = False
 
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def readable_path(self) -> Path:
+        return self.readable or self.path
+
+
+def utf8_problems(path: Path, block_bytes: int = 64 << 20) -> tuple[bool, list[int]]:
+    """(starts with a UTF-8 BOM, 1-based numbers of lines holding invalid UTF-8), in one pass.
+
+    Blocks end at a newline, so a multi-byte character is never cut; only a block that fails to
+    decode is looked at line by line.
+    """
+    bad: list[int] = []
+    line = 1
+    with path.open("rb") as f:
+        bom = f.read(3) == BOM.encode()
+        f.seek(0)
+        rest = b""
+        while True:
+            chunk = f.read(block_bytes)
+            block = rest + chunk
+            if not chunk:
+                rest = b""
+            else:
+                cut = block.rfind(b"\n") + 1
+                block, rest = block[:cut], block[cut:]
+            try:
+                block.decode("utf-8")
+            except UnicodeDecodeError:
+                for i, text in enumerate(block.split(b"\n")):
+                    try:
+                        text.decode("utf-8")
+                    except UnicodeDecodeError:
+                        bad.append(line + i)
+            line += block.count(b"\n")
+            if not chunk:
+                break
+    return bom, bad
+
+
+def readable_copy(raw: RawFile, scratch: Path) -> RawFile:
+    """``raw`` with its BOM noted and, when some lines hold invalid UTF-8, a copy to scan instead
+    (invalid bytes replaced, line structure unchanged) and those lines listed for the quarantine."""
+    bom, bad = utf8_problems(raw.path)
+    if not bad:
+        return RawFile(raw.path, raw.index, bom=bom)
+    copy = scratch / f"_utf8_{raw.index}_{raw.name}"
+    with raw.path.open("rb") as src, copy.open("w", encoding="utf-8", newline="") as dst:
+        for chunk in iter(lambda: src.read(64 << 20), b""):
+            dst.write(chunk.decode("utf-8", errors="replace"))  # a cut character becomes U+FFFD: lines stay bad
+    return RawFile(raw.path, raw.index, readable=copy, bad_lines=tuple(bad), bom=bom)
+
+
+def escape_invisible(text: str | None) -> str | None:
+    """Show control, format and other invisible characters of a message as escapes (\\ufeff, \\x00)."""
+    import unicodedata
+
+    if text is None:
+        return None
+    return "".join(ch if ch == " " or unicodedata.category(ch)[0] not in "CZ" else ch.encode("unicode_escape").decode()
+                   for ch in text)
 
 
 def read_header(path: Path) -> list[str]:
@@ -81,10 +153,12 @@ def scan_fields(
     Output columns: source_file, source_line, event_order, ``__text`` (the raw line),
     ``__n_fields`` (field count) and one String column per name in ``positions``.
     """
-    lf = pl.scan_lines(raw.path, name=TEXT, row_index_name=c.SOURCE_LINE, row_index_offset=1)
+    lf = pl.scan_lines(raw.readable_path, name=TEXT, row_index_name=c.SOURCE_LINE, row_index_offset=1)
     if has_header:
         lf = lf.filter(pl.col(c.SOURCE_LINE) > 1)
     text = pl.col(TEXT).str.strip_suffix("\r")
+    if raw.bom:  # a UTF-8 byte-order mark belongs to the file, not to the first field
+        text = pl.when(pl.col(c.SOURCE_LINE) == 1).then(text.str.strip_prefix(BOM)).otherwise(text)
     parts = text.str.split_exact(",", max(positions.values()) if positions else 0)
     return lf.select(
         pl.lit(raw.name, pl.String).alias(c.SOURCE_FILE),
@@ -121,10 +195,20 @@ def structural_checks(id_fields: Sequence[str], n_columns: int) -> list[Check]:
         ),
     ]
     checks += [Check(f"null {f}", fld(f).is_null() | (fld(f) == ""), pl.lit(f"null {f}")) for f in id_fields]
-    checks += [
-        Check(f"unparsable {f}", parse_int(f).is_null(), pl.format(f"unparsable {f} '{{}}'", fld(f))) for f in id_fields
+    checks += [  # ids are plain digits: a sign ('+7', '-3') or spaces inside are not an id
+        Check(f"unparsable {f}", parse_int(f).is_null() | ~fld(f).str.contains(r"^[0-9]+$"),
+              pl.format(f"unparsable {f} '{{}}'", fld(f))) for f in id_fields
     ]
     return checks
+
+
+def utf8_check(raw_files: Sequence[RawFile]) -> Check:
+    """Lines of the given files that hold invalid UTF-8 bytes (checked first: their fields are unreliable)."""
+    cond = pl.lit(False)
+    for f in raw_files:
+        if f.bad_lines:
+            cond |= (pl.col(c.SOURCE_FILE) == f.name) & pl.col(c.SOURCE_LINE).is_in(list(f.bad_lines))
+    return Check(INVALID_UTF8, cond, pl.lit("invalid UTF-8 bytes in the line"))
 
 
 def parse_int(field: str) -> pl.Expr:
@@ -154,8 +238,11 @@ def parse_timestamp_ms(field: str | None, spec: TimeSpec) -> pl.Expr:
     """The raw time field converted to Int64 milliseconds since the Unix epoch (UTC)."""
     if spec.unit == "none" or field is None:
         return pl.lit(None, pl.Int64)
-    if spec.unit == "s":
-        return parse_int(field) * 1000
+    if spec.unit == "s":  # seconds beyond Int64 milliseconds would wrap: pin them out of range instead
+        v = parse_int(field)
+        limit = (2**63 - 1) // 1000
+        return (pl.when(v > limit).then(pl.lit(2**63 - 1, pl.Int64))
+                .when(v < -limit).then(pl.lit(-(2**63) + 1, pl.Int64)).otherwise(v * 1000))
     if spec.unit == "ms":  # integers, or floats like 1684742000123.0 (KuaiSAR)
         as_int = parse_int(field)
         as_float = fld(field).cast(pl.Float64, strict=False).round(0).cast(pl.Int64, strict=False)
