@@ -8,7 +8,7 @@ import warnings
 import dagster as dg
 import polars as pl
 
-from assets.ingest import check_result
+from assets.checks import check_result
 from assets.partitions import dataset_partitions
 from assets.sequences import split_assets
 from pipelines.augmentation.stage import materialize_sequential_views, materialize_statistics
@@ -17,7 +17,6 @@ from schemas.sequences import SequentialViews
 from pipelines.reporting import markdown_table, png_markdown
 from pipelines.resources import PipelineSettings
 from pipelines.sequences.splits import PROTOCOLS
-from pipelines.sequences.stage import split_dir, steps_path
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
@@ -31,7 +30,7 @@ def behavior_statistics(context: dg.AssetExecutionContext, settings: PipelineSet
     cfg = settings.dataset(context.partition_key)
     paths = settings.paths(cfg.name)
     docs = materialize_statistics(cfg, paths, log=context.log.info)
-    meta: dict[str, object] = {"path": dg.MetadataValue.path(str(paths.stage_dir("statistics")))}
+    meta: dict[str, object] = {"path": dg.MetadataValue.path(str(paths.statistics_dir()))}
     for protocol, doc in docs.items():
         names = doc["behaviors"]
         table = pl.DataFrame({"behavior": names, "m (sets)": doc["m"], "mask_prob": doc["mask_prob"],
@@ -40,7 +39,7 @@ def behavior_statistics(context: dg.AssetExecutionContext, settings: PipelineSet
         meta[f"{protocol}_training_sets"] = doc["training_sets"]
     first = next(iter(docs), None)
     if first:
-        png = (paths.stage_dir("statistics") / first / "heatmap.png").read_bytes()
+        png = paths.statistics_heatmap(first).read_bytes()
         meta["heatmap"] = dg.MetadataValue.md(png_markdown(png, f"{first} heatmap"))
     return dg.MaterializeResult(metadata=meta)
 
@@ -56,7 +55,7 @@ def sequential_augmentation(context: dg.AssetExecutionContext, settings: Pipelin
     summary = materialize_sequential_views(cfg, paths, log=context.log.info)
     return dg.MaterializeResult(metadata={
         "views": dg.MetadataValue.json(summary),
-        "path": dg.MetadataValue.path(str(paths.stage_dir("augmentation"))),
+        "path": dg.MetadataValue.path(str(paths.sequential_views("<protocol>"))),
     })
 
 
@@ -64,12 +63,15 @@ def sequential_augmentation(context: dg.AssetExecutionContext, settings: Pipelin
                 description="M symmetric with zero diagonal and bounded by m; counts equal the split's training steps.")
 def behavior_statistics_consistency(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
     paths = settings.paths(context.partition_key)
+    r = None
     for protocol in PROTOCOLS:
-        stats = paths.stage_dir("statistics") / protocol / "statistics.json"
+        stats = paths.statistics(protocol)
         if stats.is_file():
-            r = statistics_consistency(stats, split_dir(paths, protocol) / "roles.parquet", steps_path(paths))
+            r = statistics_consistency(stats, paths.roles(protocol), paths.steps())
             if not r.passed:
                 return check_result(r)
+    if r is None:
+        return dg.AssetCheckResult(passed=False, description="no split had statistics written")
     return check_result(r)
 
 
@@ -78,7 +80,7 @@ def behavior_statistics_consistency(context: dg.AssetCheckExecutionContext, sett
 def sequential_augmentation_contract(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
     paths = settings.paths(context.partition_key)
     r = None
-    for table in sorted(paths.stage_dir("augmentation").glob("*/sequential_views.parquet")):
+    for table in paths.sequential_view_tables():
         r = validate_parquet(table, SequentialViews)
         if not r.passed:
             break

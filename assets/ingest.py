@@ -4,7 +4,6 @@ Thin Dagster wrappers; the logic is ``pipelines.ingest.core.ingest_dataset``.
 """
 
 
-from pathlib import Path
 
 import warnings
 
@@ -14,22 +13,24 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 import polars as pl
 
 from assets.partitions import dataset_partitions
-from pipelines.contracts import ContractResult, ingest_consistency, validate_parquet
+from assets.checks import check_result
+from pipelines.contracts import ingest_consistency, validate_parquet
 from pipelines.ingest import core
+from pipelines.layout import DatasetLayout
 from pipelines.reporting import counts_table, markdown_table
 from pipelines.resources import PipelineSettings
 from pipelines.sources import SOURCE_FILE, resolve_raw_source
 from schemas import ingest as contracts
 
 STAGE = "ingest"
-TABLES = {  # asset name -> (file, contract, description)
-    "canonical_events": (core.EVENTS_FILE, contracts.CanonicalEvents,
+TABLES = {  # asset name -> (layout accessor, contract, description)
+    "canonical_events": (DatasetLayout.events, contracts.CanonicalEvents,
                          "One row per kept raw event: dense ids, behavior bitmask, time in ms, file order, file and line."),
-    "user_id_map": (core.USER_MAP_FILE, contracts.UserIdMap, "Dense user id <-> raw user id."),
-    "item_id_map": (core.ITEM_MAP_FILE, contracts.ItemIdMap, "Dense item id <-> raw item id."),
-    "item_side_info": (core.SIDE_INFO_FILE, contracts.ItemSideInfo,
+    "user_id_map": (DatasetLayout.user_id_map, contracts.UserIdMap, "Dense user id <-> raw user id."),
+    "item_id_map": (DatasetLayout.item_id_map, contracts.ItemIdMap, "Dense item id <-> raw item id."),
+    "item_side_info": (DatasetLayout.item_side_info, contracts.ItemSideInfo,
                        "Per-item categories, brand, seller, caption tokens: input of the semantic-ID stage."),
-    "ingest_quarantine": (core.QUARANTINE_FILE, contracts.Quarantine,
+    "ingest_quarantine": (DatasetLayout.quarantine, contracts.Quarantine,
                           "Rejected raw rows with file, line, reason and the raw text."),
 }
 
@@ -43,7 +44,7 @@ class IngestRunConfig(dg.Config):
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(name, group_name=STAGE, kinds={"polars", "parquet"}, description=desc,
-                     metadata={"file": file})
+                     metadata={"file": file.__name__})
         for name, (file, _, desc) in TABLES.items()
     ],
     partitions_def=dataset_partitions,
@@ -54,9 +55,8 @@ def ingest(context: dg.AssetExecutionContext, settings: PipelineSettings, config
     cfg = settings.dataset(context.partition_key)
     paths = settings.paths(cfg.name)
     source = resolve_raw_source(cfg, paths, log=context.log.info, allow_synthetic=config.allow_synthetic)
-    summary = core.ingest_dataset(cfg, source.directory, paths.stage_dir(STAGE), log=context.log.info,
+    summary = core.ingest_dataset(cfg, source.directory, paths.ingest_dir(), log=context.log.info,
                                   extra_files={SOURCE_FILE: source.to_json()})
-    out = paths.stage_dir(STAGE)
     common = {
         "source": source.kind,
         "source_description": source.description,
@@ -64,12 +64,12 @@ def ingest(context: dg.AssetExecutionContext, settings: PipelineSettings, config
         "time_granularity": summary.time_granularity,
         "time_note": summary.time_note,
     }
-    events = pl.read_parquet(out / core.EVENTS_FILE, n_rows=10)
+    events = pl.read_parquet(paths.events(), n_rows=10)
     yield dg.MaterializeResult(
         asset_key="canonical_events",
         metadata={
             **common,
-            "path": dg.MetadataValue.path(str(out / core.EVENTS_FILE)),
+            "path": dg.MetadataValue.path(str(paths.events())),
             "dagster/row_count": summary.rows_kept,
             "rows_read": summary.rows_read,
             "rows_kept": summary.rows_kept,
@@ -88,24 +88,24 @@ def ingest(context: dg.AssetExecutionContext, settings: PipelineSettings, config
     for name, rows in (("user_id_map", summary.users), ("item_id_map", summary.items)):
         yield dg.MaterializeResult(
             asset_key=name,
-            metadata={"path": dg.MetadataValue.path(str(out / TABLES[name][0])), "dagster/row_count": rows},
+            metadata={"path": dg.MetadataValue.path(str(TABLES[name][0](paths))), "dagster/row_count": rows},
         )
-    side = pl.read_parquet(out / core.SIDE_INFO_FILE)
+    side = pl.read_parquet(paths.item_side_info())
     coverage = {col: int(side[col].is_not_null().sum()) for col in core.SIDE_COLUMNS}
     yield dg.MaterializeResult(
         asset_key="item_side_info",
         metadata={
-            "path": dg.MetadataValue.path(str(out / core.SIDE_INFO_FILE)),
+            "path": dg.MetadataValue.path(str(paths.item_side_info())),
             "dagster/row_count": side.height,
             "non_null_per_column": dg.MetadataValue.json(coverage),
             "preview": dg.MetadataValue.md(markdown_table(side)),
         },
     )
-    quarantine = pl.read_parquet(out / core.QUARANTINE_FILE, n_rows=20)
+    quarantine = pl.read_parquet(paths.quarantine(), n_rows=20)
     yield dg.MaterializeResult(
         asset_key="ingest_quarantine",
         metadata={
-            "path": dg.MetadataValue.path(str(out / core.QUARANTINE_FILE)),
+            "path": dg.MetadataValue.path(str(paths.quarantine())),
             "dagster/row_count": summary.rows_quarantined,
             "bad_share": summary.rows_quarantined / max(summary.rows_read, 1),
             "threshold": cfg.ingest.bad_row_threshold,
@@ -115,22 +115,13 @@ def ingest(context: dg.AssetExecutionContext, settings: PipelineSettings, config
     )
 
 
-def check_result(result: ContractResult) -> dg.AssetCheckResult:
-    metadata: dict[str, object] = {"rows": result.rows, "rows_checked": result.rows_checked, "message": result.message}
-    if result.failure_cases is not None:
-        metadata["failure_cases"] = dg.MetadataValue.md(markdown_table(result.failure_cases, max_rows=20))
-        metadata["num_failure_cases"] = result.failure_cases.height
-    return dg.AssetCheckResult(passed=result.passed, metadata=metadata, description=result.message)
-
-
 def _contract_check(asset_name: str) -> dg.AssetChecksDefinition:
-    file, model, _ = TABLES[asset_name]
+    path_of, model, _ = TABLES[asset_name]
 
     @dg.asset_check(asset=asset_name, name=f"{asset_name}_contract", blocking=True, partitions_def=dataset_partitions,
                     description=f"pandera contract {model.__name__} (schemas/ingest.py) on the written table")
     def _check(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
-        out = settings.paths(context.partition_key).stage_dir(STAGE)
-        return check_result(validate_parquet(Path(out) / file, model))
+        return check_result(validate_parquet(path_of(settings.paths(context.partition_key)), model))
 
     return _check
 
@@ -139,7 +130,7 @@ def _contract_check(asset_name: str) -> dg.AssetChecksDefinition:
                 description="Counts reconcile (read = kept + quarantined + duplicates); id maps dense and "
                             "bijective; events reference only mapped ids; side info covers every item.")
 def ingest_consistency_check(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
-    return check_result(ingest_consistency(settings.paths(context.partition_key).stage_dir(STAGE)))
+    return check_result(ingest_consistency(settings.paths(context.partition_key).ingest_dir()))
 
 
 ingest_checks = [_contract_check(name) for name in TABLES] + [ingest_consistency_check]

@@ -9,6 +9,7 @@ import dagster as dg
 
 from assets.partitions import dataset_partitions
 from assets.sequences import model_ready_sequences
+from pipelines.layout import producers_of
 from pipelines.quality import SuiteResult, canonical_events_suite, model_ready_suite
 from pipelines.resources import PipelineSettings
 from pipelines.sequences.options import SequenceOptions
@@ -35,8 +36,8 @@ def _result(results: dict[str, SuiteResult]) -> dg.AssetCheckResult:
 def canonical_events_expectations(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
     cfg = settings.dataset(context.partition_key)
     paths = settings.paths(cfg.name)
-    docs = paths.stage_dir("quality") / "data_docs" / "canonical_events"
-    return _result({"canonical_events": canonical_events_suite(cfg, paths.stage_dir("ingest") / "events.parquet", docs)})
+    docs = paths.data_docs("canonical_events")
+    return _result({"canonical_events": canonical_events_suite(cfg, paths.events(), docs)})
 
 
 @dg.asset_check(asset=model_ready_sequences, blocking=False, partitions_def=dataset_partitions,
@@ -47,9 +48,9 @@ def model_ready_expectations(context: dg.AssetCheckExecutionContext, settings: P
     paths = settings.paths(cfg.name)
     max_len = SequenceOptions.of(cfg).max_len
     results = {}
-    for table in sorted(paths.stage_dir("model_ready").glob("*/*.parquet")):
+    for table in paths.model_ready_tables():
         key = f"{table.parent.name}_{table.stem}"
-        results[key] = model_ready_suite(cfg, table, max_len, paths.stage_dir("quality") / "data_docs" / f"model_ready_{key}")
+        results[key] = model_ready_suite(cfg, table, max_len, paths.data_docs(f"model_ready_{key}"))
     return _result(results)
 
 
@@ -57,8 +58,8 @@ quality_checks = [canonical_events_expectations, model_ready_expectations]
 
 
 @dg.asset(
-    deps=["leakage_audit", "behavior_statistics", "model_ready_sequences", "sequential_augmentation",
-          "sequence_exports", "semantic_ids", "evaluation"],
+    deps=producers_of("leakage_audit", "statistics", "model_ready", "sequential_views", "exports", "semantic_ids",
+                      "evaluation_results"),
     partitions_def=dataset_partitions, group_name="reports", kinds={"html", "markdown"},
     description="A readable report per dataset: counts, behavior/set-size/sequence-length distributions, "
                 "sessions, splits, leakage audit, behavior statistics, semantic-ID quality, leaderboard, "

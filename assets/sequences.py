@@ -3,14 +3,16 @@
 Thin Dagster wrappers; the logic is ``pipelines.sequences`` (plain polars).
 """
 
+import dataclasses
 import warnings
 
 import dagster as dg
 import polars as pl
 
-from assets.ingest import check_result
+from assets.checks import check_result
 from assets.partitions import dataset_partitions
 from pipelines.contracts import exports_contract, model_ready_consistency, split_consistency, validate_parquet
+from pipelines.layout import producers_of
 from pipelines.reporting import markdown_table, png_markdown
 from pipelines.resources import PipelineSettings
 from pipelines.sequences import stage
@@ -30,19 +32,19 @@ GROUP = "sequences"
 
 
 @dg.asset(
-    deps=["canonical_events"], partitions_def=dataset_partitions, group_name=GROUP, kinds={"polars", "parquet"},
+    deps=producers_of("events"), partitions_def=dataset_partitions, group_name=GROUP, kinds={"polars", "parquet"},
     description="Cleaned events merged into behavior-set steps (bitmask over the registry vocabulary) with sessions.",
 )
 def behavior_sets(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
     cfg = settings.dataset(context.partition_key)
     paths = settings.paths(cfg.name)
-    summary = stage.materialize_steps(cfg, paths, log=context.log.info)
-    preview = pl.read_parquet(stage.steps_path(paths), n_rows=10)
+    summary = dataclasses.asdict(stage.materialize_steps(cfg, paths, log=context.log.info))
+    preview = pl.read_parquet(paths.steps(), n_rows=10)
     sets = summary.pop("behavior_sets")
     return dg.MaterializeResult(metadata={
         **{k: (dg.MetadataValue.json(v) if isinstance(v, (list, dict)) else v) for k, v in summary.items()},
         "dagster/row_count": summary["steps"],
-        "path": dg.MetadataValue.path(str(stage.steps_path(paths))),
+        "path": dg.MetadataValue.path(str(paths.steps())),
         "behavior_sets": dg.MetadataValue.md(markdown_table(pl.DataFrame(sets), max_rows=15)),
         "preview": dg.MetadataValue.md(markdown_table(preview)),
     })
@@ -59,10 +61,12 @@ def _split_asset(protocol: str) -> dg.AssetsDefinition:
         cfg = settings.dataset(context.partition_key)
         paths = settings.paths(cfg.name)
         summary = stage.materialize_split(cfg, paths, protocol, log=context.log.info)
-        meta = {k: (dg.MetadataValue.json(v) if isinstance(v, dict) else v) for k, v in summary.items()}
-        if summary["applicable"]:
-            meta["path"] = dg.MetadataValue.path(str(stage.split_dir(paths, protocol)))
-            meta["dagster/row_count"] = summary["examples"]
+        fields = {**dataclasses.asdict(summary), **summary.user_counts}
+        fields.pop("user_counts")
+        meta = {k: (dg.MetadataValue.json(v) if isinstance(v, dict) else v) for k, v in fields.items()}
+        if summary.applicable:
+            meta["path"] = dg.MetadataValue.path(str(paths.split_dir(protocol)))
+            meta["dagster/row_count"] = summary.examples
         return dg.MaterializeResult(metadata=meta)
 
     return _asset
@@ -82,12 +86,12 @@ def leakage_audit(context: dg.AssetExecutionContext, settings: PipelineSettings)
     table = stage.materialize_audit(cfg, paths, log=context.log.info)
     k10 = table.filter(pl.col("k") == 10).select("protocol", "filter", "examples", "share_in_last_k", "recent_hr",
                                                  "frequent_hr").with_columns(pl.col(pl.Float64).round(4))
-    png = (paths.stage_dir("leakage") / "leakage_audit.png").read_bytes()
+    png = paths.leakage_plot().read_bytes()
     return dg.MaterializeResult(metadata={
         "at_k_10": dg.MetadataValue.md(markdown_table(k10, max_rows=20)),
         "plot": dg.MetadataValue.md(png_markdown(png, "leakage audit")),
-        "report": dg.MetadataValue.path(str(paths.stage_dir("leakage") / "leakage_audit.md")),
-        "path": dg.MetadataValue.path(str(paths.stage_dir("leakage") / "audit.parquet")),
+        "report": dg.MetadataValue.path(str(paths.leakage_report())),
+        "path": dg.MetadataValue.path(str(paths.leakage_audit())),
         "dagster/row_count": table.height,
     })
 
@@ -104,7 +108,7 @@ def model_ready_sequences(context: dg.AssetExecutionContext, settings: PipelineS
     opts = SequenceOptions.of(cfg)
     return dg.MaterializeResult(metadata={
         "examples": dg.MetadataValue.json(summary), "max_len": opts.max_len,
-        "path": dg.MetadataValue.path(str(paths.stage_dir("model_ready"))),
+        "path": dg.MetadataValue.path(str(paths.model_ready_dir())),
         "load": "pipelines.sequences.model_ready.load('<protocol>/<role>.npz') -> dict of numpy arrays; "
                 "torch.from_numpy on each gives tensors",
     })
@@ -132,12 +136,11 @@ def _check(asset, name: str, description: str, fn) -> dg.AssetChecksDefinition:
 
 
 def _model_ready_check(cfg, paths) -> dg.AssetCheckResult:
-    root = paths.stage_dir("model_ready")
-    for table in sorted(root.glob("*/*.parquet")):
+    for table in paths.model_ready_tables():
         r = validate_parquet(table, ModelReadySequences)
         if not r.passed:
             return check_result(r)
-    return check_result(model_ready_consistency(root, SequenceOptions.of(cfg).max_len))
+    return check_result(model_ready_consistency(paths.model_ready_dir(), SequenceOptions.of(cfg).max_len))
 
 
 def _split_checks(protocol: str, asset) -> list[dg.AssetChecksDefinition]:
@@ -148,11 +151,10 @@ def _split_checks(protocol: str, asset) -> list[dg.AssetChecksDefinition]:
     def contract(cfg, paths):
         if skipped := not_applicable(cfg):
             return skipped
-        d = stage.split_dir(paths, protocol)
-        for file, model in (("roles.parquet", SplitRoles), ("examples.parquet", EvaluationExamples),
-                            ("examples_unfiltered.parquet", EvaluationExamples),
-                            ("train_examples.parquet", TrainingExamples)):
-            r = validate_parquet(d / file, model)
+        for file, model in ((paths.roles(protocol), SplitRoles), (paths.examples(protocol), EvaluationExamples),
+                            (paths.examples(protocol, filtered=False), EvaluationExamples),
+                            (paths.train_examples(protocol), TrainingExamples)):
+            r = validate_parquet(file, model)
             if not r.passed:
                 return check_result(r)
         return check_result(r)
@@ -161,8 +163,7 @@ def _split_checks(protocol: str, asset) -> list[dg.AssetChecksDefinition]:
         if skipped := not_applicable(cfg):
             return skipped
         opts = SequenceOptions.of(cfg)
-        return check_result(split_consistency(stage.steps_path(paths), stage.split_dir(paths, protocol),
-                                              opts.leakage_filter, opts.max_len, cfg))
+        return check_result(split_consistency(paths, protocol, opts.leakage_filter, opts.max_len, cfg))
 
     return [
         _check(asset, f"split_{protocol}_contract",
@@ -177,14 +178,14 @@ def _split_checks(protocol: str, asset) -> list[dg.AssetChecksDefinition]:
 sequence_assets = [behavior_sets, *split_assets, leakage_audit, model_ready_sequences, sequence_exports]
 sequence_checks = [
     _check(behavior_sets, "behavior_sets_contract", "pandera BehaviorSteps (schemas/sequences.py)",
-           lambda cfg, paths: check_result(validate_parquet(stage.steps_path(paths), BehaviorSteps))),
+           lambda cfg, paths: check_result(validate_parquet(paths.steps(), BehaviorSteps))),
     *[chk for p, a in zip(PROTOCOLS, split_assets, strict=True) for chk in _split_checks(p, a)],
     _check(model_ready_sequences, "model_ready_contract",
            "pandera ModelReadySequences on every table, and arrays left-padded to max_len, parquet = npz",
            lambda cfg, paths: _model_ready_check(cfg, paths)),
     _check(sequence_exports, "sequence_exports_contract",
            "BLADE split lines (ids >= 1, flags 0/1, no empty set) and the RecBole .inter (pandera)",
-           lambda cfg, paths: check_result(exports_contract(paths.stage_dir("exports")))),
+           lambda cfg, paths: check_result(exports_contract(paths))),
     _check(leakage_audit, "leakage_audit_contract", "pandera LeakageAudit (schemas/sequences.py)",
-           lambda cfg, paths: check_result(validate_parquet(paths.stage_dir("leakage") / "audit.parquet", LeakageAudit))),
+           lambda cfg, paths: check_result(validate_parquet(paths.leakage_audit(), LeakageAudit))),
 ]

@@ -11,6 +11,8 @@ import pandera.errors
 import pandera.polars as pa
 import polars as pl
 
+from pipelines.layout import INGEST_FILES, DatasetLayout
+from pipelines.storage import VersionedOutputs
 from schemas import columns as c
 
 # Above this many rows a contract checks values on an evenly strided sample (schema on all).
@@ -56,9 +58,9 @@ def validate_parquet(path: Path, model: type[pa.DataFrameModel], *, max_rows: in
 
 def ingest_consistency(out_dir: Path) -> ContractResult:
     """Semantic checks across the ingest tables: counts reconcile, id maps dense, events reference them."""
-    report = json.loads((out_dir / "ingest_report.json").read_text())
+    report = json.loads((out_dir / INGEST_FILES["ingest_report"]).read_text())
     problems: list[str] = []
-    manifest = out_dir / "_manifest.json"
+    manifest = out_dir / VersionedOutputs.MANIFEST
     if manifest.is_file():  # one published version: every file it names, at the size it was written
         files = json.loads(manifest.read_text())["files"]
         torn = [n for n, size in files.items() if not (out_dir / n).is_file() or (out_dir / n).stat().st_size != size]
@@ -67,28 +69,28 @@ def ingest_consistency(out_dir: Path) -> ContractResult:
     read, kept, bad, dup = (report[k] for k in ("rows_read", "rows_kept", "rows_quarantined", "duplicates_dropped"))
     if read != kept + bad + dup:
         problems.append(f"rows read {read} != kept {kept} + quarantined {bad} + duplicates {dup}")
-    events = pl.scan_parquet(out_dir / "events.parquet")
+    events = pl.scan_parquet(out_dir / INGEST_FILES["events"])
     stats = events.select(
         pl.len().alias("rows"), pl.col(c.USER_ID).max().alias("max_user"), pl.col(c.ITEM_ID).max().alias("max_item"),
         pl.col(c.USER_ID).n_unique().alias("users"), pl.col(c.ITEM_ID).n_unique().alias("items"),
     ).collect().row(0, named=True)
     if stats["rows"] != kept:
         problems.append(f"events has {stats['rows']} rows but the report says {kept} were kept")
-    quarantined = pl.scan_parquet(out_dir / "quarantine.parquet").select(pl.len()).collect().item()
+    quarantined = pl.scan_parquet(out_dir / INGEST_FILES["quarantine"]).select(pl.len()).collect().item()
     if quarantined != bad:
         problems.append(f"quarantine has {quarantined} rows but the report says {bad}")
     for table, dense, raw, used, max_used in (
         ("user_id_map", c.USER_ID, c.RAW_USER_ID, stats["users"], stats["max_user"]),
         ("item_id_map", c.ITEM_ID, c.RAW_ITEM_ID, stats["items"], stats["max_item"]),
     ):
-        m = pl.read_parquet(out_dir / f"{table}.parquet")
+        m = pl.read_parquet(out_dir / INGEST_FILES[table])
         if m[dense].to_list() != list(range(m.height)):
             problems.append(f"{table}: dense ids are not exactly 0..{m.height - 1} in order")
         if m[raw].n_unique() != m.height:
             problems.append(f"{table}: raw ids repeat (not a bijection)")
         if used != m.height or (max_used is not None and max_used >= m.height):
             problems.append(f"{table}: events use {used} ids (max {max_used}) but the map holds {m.height}")
-    side = pl.scan_parquet(out_dir / "item_side_info.parquet").select(pl.len()).collect().item()
+    side = pl.scan_parquet(out_dir / INGEST_FILES["item_side_info"]).select(pl.len()).collect().item()
     if side != stats["items"]:
         problems.append(f"item_side_info has {side} rows for {stats['items']} items")
     message = "; ".join(problems) if problems else (
@@ -97,14 +99,14 @@ def ingest_consistency(out_dir: Path) -> ContractResult:
     return ContractResult(not problems, "ingest_consistency", read, read, message, details={"problems": problems})
 
 
-def split_consistency(steps_path: Path, split_dir: Path, leakage_filter: str, max_len: int, cfg) -> ContractResult:
+def split_consistency(paths: DatasetLayout, protocol: str, leakage_filter: str, max_len: int, cfg) -> ContractResult:
     """Semantic checks of one split: one role per step, histories strictly before targets, targets
     in their role, and (for filters 'all'/'merge') no leaking step left in any history window."""
     from pipelines.sequences.leakage import find_leaks
 
-    steps = pl.read_parquet(steps_path)
-    roles = pl.read_parquet(split_dir / "roles.parquet")
-    examples = pl.read_parquet(split_dir / "examples.parquet")
+    steps = pl.read_parquet(paths.steps())
+    roles = pl.read_parquet(paths.roles(protocol))
+    examples = pl.read_parquet(paths.examples(protocol))
     problems: list[str] = []
     if roles.height != steps.height or not roles.select(c.USER_ID, "step").is_unique().all():
         problems.append(f"roles cover {roles.height} rows for {steps.height} steps, or repeat a step")
@@ -197,27 +199,28 @@ def validate_frame(frame: pl.DataFrame, model: type[pa.DataFrameModel], label: s
                           f"{model.__name__} contract holds on all {frame.height:,} rows of {label}")
 
 
-def exports_contract(exports_dir: Path) -> ContractResult:
-    """The exported BLADE split files and RecBole .inter parse and satisfy their contracts."""
+def exports_contract(paths: DatasetLayout) -> ContractResult:
+    """The exported BLADE split files and RecBole files parse and satisfy their contracts."""
     from schemas.sequences import BladeSplitLine, RecBoleBenchmarkInter, RecBoleInter
 
     results = []
-    for f in sorted((exports_dir / "blade").glob("*.txt")):
+    exports_dir = paths.exports_dir()
+    for f in paths.blade_files():
         if f.stat().st_size == 0:
             continue
         frame = pl.read_csv(f, has_header=False, infer_schema_length=0).cast(pl.Int64)
         frame.columns = ["user", "item", *[f"b{i}" for i in range(1, frame.width - 1)]]
-        results.append(validate_frame(frame, BladeSplitLine, f"blade/{f.name}"))
-    for f in sorted((exports_dir / "recbole").glob("*.inter")):
+        results.append(validate_frame(frame, BladeSplitLine, f"{f.parent.name}/{f.name}"))
+    for f in [paths.recbole_inter()] if paths.recbole_inter().is_file() else []:
         frame = pl.read_csv(f, separator="\t", schema_overrides={"user_id:token": pl.Int64, "item_id:token": pl.Int64,
                                                                    "timestamp:float": pl.Float64,
                                                                    "behaviors:token_seq": pl.String,
                                                                    "session_id:token": pl.Int64})
-        results.append(validate_frame(frame, RecBoleInter, f"recbole/{f.name}"))
-    for f in sorted((exports_dir / "recbole_benchmark").glob("*/*.inter")):
+        results.append(validate_frame(frame, RecBoleInter, f"{f.parent.name}/{f.name}"))
+    for f in [p for p in map(paths.recbole_benchmark, ("train", "valid", "test")) if p.is_file()]:
         frame = pl.read_csv(f, separator="\t", schema_overrides={"user_id:token": pl.Int64, "item_id:token": pl.Int64,
                                                                    "item_id_list:token_seq": pl.String})
-        results.append(validate_frame(frame, RecBoleBenchmarkInter, f"recbole_benchmark/{f.parent.name}/{f.name}"))
+        results.append(validate_frame(frame, RecBoleBenchmarkInter, f"{f.parent.parent.name}/{f.parent.name}/{f.name}"))
     failed = [r for r in results if not r.passed]
     if not results:
         return ContractResult(False, "exports", 0, 0, f"{exports_dir}: no exported files found")

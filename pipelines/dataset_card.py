@@ -12,6 +12,7 @@ import html
 import io
 import json
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +21,9 @@ import polars as pl
 
 from pipelines.registry import REPO_ROOT, DatasetConfig
 from pipelines.reporting import markdown_table
+from pipelines.augmentation.options import AugmentationOptions
 from pipelines.sequences.splits import PROTOCOLS, default_protocol
-from pipelines.sequences.stage import split_dir, steps_path
-from pipelines.storage import DatasetPaths, write_text_atomic
+from pipelines.storage import DatasetPaths, write_bytes_atomic, write_text_atomic
 from schemas import columns as c
 
 
@@ -62,9 +63,8 @@ def _code_version() -> str:
 
 
 def sections(cfg: DatasetConfig, paths: DatasetPaths, checks: list[dict[str, object]]) -> list[Section]:
-    ingest = paths.stage_dir("ingest")
-    report = json.loads((ingest / "ingest_report.json").read_text())
-    source = json.loads((ingest / "source.json").read_text()) if (ingest / "source.json").is_file() else {}
+    report = json.loads(paths.ingest_report().read_text())
+    source = json.loads(paths.source().read_text()) if paths.source().is_file() else {}
     out = [Section("Overview", [
         ("p", f"{cfg.description} Format `{cfg.format}`; behaviors (low to high): "
               f"{', '.join(f'{b.name} (level {b.level})' for b in cfg.behaviors)}; targets: {', '.join(cfg.targets)}."),
@@ -78,8 +78,8 @@ def sections(cfg: DatasetConfig, paths: DatasetPaths, checks: list[dict[str, obj
     if report["quarantine_reasons"]:
         out[0].parts.append(("table", pl.DataFrame({"quarantine reason": list(report["quarantine_reasons"]),
                                                     "rows": list(report["quarantine_reasons"].values())})))
-    if steps_path(paths).is_file():
-        steps = pl.read_parquet(steps_path(paths), columns=[c.USER_ID, c.BEHAVIORS, "session"])
+    if paths.steps().is_file():
+        steps = pl.read_parquet(paths.steps(), columns=[c.USER_ID, c.BEHAVIORS, "session"])
         names = cfg.behavior_names
         per_behavior = [int(((steps[c.BEHAVIORS] & (1 << i)) != 0).sum()) for i in range(len(names))]
         size_counts = steps.select(pl.col(c.BEHAVIORS).bitwise_count_ones().alias("size")).group_by("size").len().sort("size")
@@ -97,14 +97,14 @@ def sections(cfg: DatasetConfig, paths: DatasetPaths, checks: list[dict[str, obj
         ]))
     split_rows = []
     for protocol in PROTOCOLS:
-        f = split_dir(paths, protocol) / "examples.parquet"
+        f = paths.examples(protocol)
         if f.is_file():
             ex = pl.read_parquet(f, columns=["role"])
             split_rows.append({"protocol": protocol, "valid": int((ex["role"] == "valid").sum()),
                                "test": int((ex["role"] == "test").sum())})
     if split_rows:
         out.append(Section("Splits", [("table", pl.DataFrame(split_rows))]))
-    audit = paths.stage_dir("leakage") / "audit.parquet"
+    audit = paths.leakage_audit()
     if audit.is_file():
         k10 = pl.read_parquet(audit).filter(pl.col("k") == 10).select(
             "protocol", "filter", "examples", "share_in_last_k", "recent_hr", "frequent_hr").with_columns(
@@ -113,21 +113,21 @@ def sections(cfg: DatasetConfig, paths: DatasetPaths, checks: list[dict[str, obj
             ("p", "Share of evaluation targets whose item is among the last 10 history steps, and HR@10 of two "
                   "recommenders that only exploit the history, before (`off`) and after the leakage filter."),
             ("table", k10)]
-        png = paths.stage_dir("leakage") / "leakage_audit.png"
+        png = paths.leakage_plot()
         if png.is_file():
             parts.append(("img", png.read_bytes()))
         out.append(Section("Same-item leakage audit", parts))
     protocol = default_protocol(cfg)
-    stats = paths.stage_dir("statistics") / protocol / "statistics.json"
+    stats = paths.statistics(protocol)
     if stats.is_file():
         doc = json.loads(stats.read_text())
         parts = [("table", pl.DataFrame({"behavior": doc["behaviors"], "m (training sets)": doc["m"],
                                          "mask_prob": doc["mask_prob"]}))]
-        heat = stats.parent / "heatmap.png"
+        heat = paths.statistics_heatmap(protocol)
         if heat.is_file():
             parts.append(("img", heat.read_bytes()))
         out.append(Section(f"Behavior statistics ({protocol} training sets)", parts))
-    sid = paths.stage_dir("semantic_ids") / "quality.json"
+    sid = paths.semantic_id_quality()
     if sid.is_file():
         q = json.loads(sid.read_text())
         col = q["quality"]["collisions"]
@@ -139,7 +139,7 @@ def sections(cfg: DatasetConfig, paths: DatasetPaths, checks: list[dict[str, obj
         if q["quality"]["coherence"]:
             parts.append(("table", pl.DataFrame(q["quality"]["coherence"]).with_columns(pl.col(pl.Float64).round(4))))
         out.append(Section("Semantic IDs", parts))
-    results = paths.stage_dir("evaluation") / "results.parquet"
+    results = paths.evaluation_results()
     if results.is_file():
         from pipelines.training.stage import leaderboard
 
@@ -154,7 +154,7 @@ def sections(cfg: DatasetConfig, paths: DatasetPaths, checks: list[dict[str, obj
                                      "augmentation seed"],
                                 "value": [source.get("description", "unknown"), str(cfg_path(paths)),
                                           _code_version(), str(cfg.synthetic.seed),
-                                          str(cfg.stages.get("augmentation", {}).get("seed", 0))]})),
+                                          str(AugmentationOptions.of(cfg).seed)]})),
         ("table", pl.DataFrame({"raw file": list(source.get("files", {})),
                                 "bytes": [v.get("bytes") for v in source.get("files", {}).values()],
                                 "sha256": [v.get("sha256", "(not hashed: large file)")
@@ -173,7 +173,7 @@ def cfg_path(paths: DatasetPaths) -> Path:
     return Path(os.environ.get(REGISTRY_ENV) or DEFAULT_REGISTRY)
 
 
-def to_markdown(title: str, secs: list[Section], image_dir: Path) -> str:
+def to_markdown(title: str, secs: list[Section], figure_path: Callable[[int], Path]) -> str:
     lines = [f"# {title}", ""]
     n = 0
     for s in secs:
@@ -185,9 +185,8 @@ def to_markdown(title: str, secs: list[Section], image_dir: Path) -> str:
                 lines += [markdown_table(value, max_rows=50), ""]
             else:
                 n += 1
-                name = f"figure_{n}.png"
-                (image_dir / name).write_bytes(value)
-                lines += [f"![{s.title}]({name})", ""]
+                figure = write_bytes_atomic(value, figure_path(n))
+                lines += [f"![{s.title}]({figure.name})", ""]
     return "\n".join(lines)
 
 
@@ -213,10 +212,10 @@ def to_html(title: str, secs: list[Section]) -> str:
 
 
 def write_card(cfg: DatasetConfig, paths: DatasetPaths, checks: list[dict[str, object]]) -> dict[str, Path]:
-    out = paths.stage_dir("card")
+    out = paths.card_dir()
     out.mkdir(parents=True, exist_ok=True)
     secs = sections(cfg, paths, checks)
     title = f"Dataset card: {cfg.name}"
-    md = write_text_atomic(to_markdown(title, secs, out), out / "dataset_card.md")
-    page = write_text_atomic(to_html(title, secs), out / "dataset_card.html")
+    md = write_text_atomic(to_markdown(title, secs, paths.card_figure), paths.card("md"))
+    page = write_text_atomic(to_html(title, secs), paths.card("html"))
     return {"markdown": md, "html": page}

@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if not result.success:
         print(f"the run failed: see the Dagster run {result.run_id} (make ui)", file=sys.stderr)
         return 1
-    results = pl.read_parquet(settings.paths(cfg.name).stage_dir("evaluation") / "results.parquet")
+    results = pl.read_parquet(settings.paths(cfg.name).evaluation_results())
     source = "the raw files" if has_raw_files(settings.paths(cfg.name).raw_dir) else "synthetic (generated) data"
     print(f"\nTest figures on {args.dataset} ({source}), protocol {setting.protocol}, L = {setting.max_len}, "
           f"full ranking, last {setting.mask_history} history items masked:\n")

@@ -37,6 +37,32 @@ class RegistryError(ValueError):
     """The registry file is missing, unreadable or invalid."""
 
 
+# Every stage that takes options under `stages:` and the model that validates them (imported when the
+# registry loads, so a typo in any stage fails the load with the dataset and key named).
+STAGE_OPTIONS: dict[str, str] = {
+    "sequences": "pipelines.sequences.options:SequenceOptions",
+    "augmentation": "pipelines.augmentation.options:AugmentationOptions",
+    "semantic_ids": "pipelines.semantic_ids.options:SemanticIdOptions",
+    "training": "pipelines.training.stage:TrainingOptions",
+}
+
+
+def check_stage_options(cfg: "DatasetConfig") -> list[str]:
+    """Problems with ``cfg.stages``: unknown stage names, and every stage's own validation."""
+    import importlib
+
+    problems = [f"datasets.{cfg.name}.stages.{name}: unknown stage; stages with options: {sorted(STAGE_OPTIONS)}"
+                for name in cfg.stages if name not in STAGE_OPTIONS]
+    for name in cfg.stages:
+        if name in STAGE_OPTIONS:
+            module, cls = STAGE_OPTIONS[name].split(":")
+            try:
+                getattr(importlib.import_module(module), cls).of(cfg)
+            except RegistryError as e:
+                problems.append(str(e))
+    return problems
+
+
 def stage_options(model: type[BaseModel], cfg: "DatasetConfig", stage: str, label: str) -> Any:
     """Validate ``datasets.<name>.stages.<stage>`` with a pydantic ``model``; errors name every bad key."""
     try:
@@ -283,6 +309,11 @@ def load_registry(path: str | os.PathLike[str] | None = None, *, strict: bool = 
         merged = {**_deep_merge(defaults, entry), "name": name}
         try:
             datasets[name] = DatasetConfig.model_validate(merged)
+            stage_problems = check_stage_options(datasets[name])
+            if stage_problems:
+                del datasets[name]
+                broken[name] = (f"{path}: invalid stage options for dataset '{name}'\n"
+                                + "\n".join(f"  {m}" for m in stage_problems))
         except ValidationError as e:
             from_defaults = {".".join(map(str, x["loc"])): x["msg"] for x in e.errors()
                              if x["loc"] and _in(defaults, x["loc"]) and not _in(entry, x["loc"])}

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import polars as pl
+
+Log = Callable[[str], None]  # where a stage reports progress: print, or an asset's context.log.info
 
 
 def markdown_table(df: pl.DataFrame, max_rows: int = 10) -> str:

@@ -8,11 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.layout import INGEST_FILES
 from pipelines.registry import DatasetConfig
 from pipelines.storage import DatasetPaths, has_raw_files, write_text_atomic
 
 SPEC_FILE = ".synthetic_spec.json"
-SOURCE_FILE = "source.json"  # beside the ingest outputs: what they were built from
+SOURCE_FILE = INGEST_FILES["source"]  # published with the ingest outputs: what they were built from
 
 
 class SourceError(RuntimeError):
@@ -33,7 +34,7 @@ class RawSource:
 
 def previous_source_kind(paths: DatasetPaths) -> str | None:
     """What the published ingest outputs were built from ("raw" / "synthetic"), None if none exist."""
-    f = paths.stage_dir("ingest") / SOURCE_FILE
+    f = paths.source()
     try:
         return json.loads(f.read_text()).get("kind") if f.is_file() else None
     except (OSError, ValueError):
@@ -57,13 +58,13 @@ def resolve_raw_source(
         raise SourceError(f"dataset '{cfg.name}': {', '.join(map(str, unreadable))} "
                           f"{'is' if len(unreadable) == 1 else 'are'} not a readable file (a folder or a broken link)")
     if has_raw_files(paths.raw_dir):
-        return RawSource(paths.raw_dir, "raw", f"raw files in {paths.raw_dir}",
+        return RawSource(paths.raw_dir, "raw", f"raw files in {_rel(paths.raw_dir, paths)}",
                          _describe(paths.raw_dir, cfg, hash_limit_bytes))
     if previous_source_kind(paths) == "raw" and not allow_synthetic:
         expected = ", ".join(str(paths.raw_dir / f) for f in cfg.all_file_names)
         raise SourceError(
             f"dataset '{cfg.name}': {paths.raw_dir} holds no readable raw file (expected {expected}), but the "
-            f"published outputs in {paths.stage_dir('ingest')} were built from real files. Refusing to replace them "
+            f"published outputs in {paths.ingest_dir()} were built from real files. Refusing to replace them "
             "with generated data: restore the raw files, or run with ingest config {allow_synthetic: true} "
             "(Dagster run config of the ingest op) to replace them on purpose.")
     from pipelines.synthetic import SyntheticSpec, write_synthetic
@@ -88,9 +89,14 @@ def resolve_raw_source(
     return RawSource(
         paths.generated_dir, "synthetic",
         f"synthetic {cfg.format} data (seed {spec.seed}, {spec.users} users, {spec.items} items): "
-        f"{paths.raw_dir} holds no files",
+        f"{_rel(paths.raw_dir, paths)} holds no files",
         _describe(paths.generated_dir, cfg, hash_limit_bytes),
     )
+
+
+def _rel(path: Path, paths: DatasetPaths) -> str:
+    """A path relative to the data root: what source.json records (no machine-specific prefix)."""
+    return str(path.relative_to(paths.root)) if path.is_relative_to(paths.root) else str(path)
 
 
 def _describe(directory: Path, cfg: DatasetConfig, hash_limit_bytes: int) -> dict[str, dict[str, object]]:

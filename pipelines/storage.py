@@ -1,11 +1,7 @@
-"""Where each dataset's files live, and atomic writes.
+"""Atomic writes and shard-wise reads (paths come from ``pipelines.layout``).
 
-Layout under the data root (default ``data/``):
-    raw/<dataset>/          raw files dropped by users (never written by the pipeline)
-    generated/<dataset>/    synthetic raw files, used when raw/<dataset>/ is empty
-    outputs/<dataset>/<stage>/   materialized tables and reports
-Every table is written to a staging folder first and renamed into place only when the whole
-stage succeeded, so a failed run never leaves a half-written file or replaces the last good one.
+Every table is written under a temporary name or in a staging folder and renamed into place only
+when it is complete, so a failed run never leaves a half-written file or replaces the last good one.
 """
 
 from __future__ import annotations
@@ -13,36 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import polars as pl
 
-from pipelines.registry import REPO_ROOT
+from pipelines.layout import DATA_ROOT_ENV, DatasetLayout, default_data_root  # noqa: F401
 
-DATA_ROOT_ENV = "MBREC_DATA_ROOT"
-
-
-def default_data_root() -> Path:
-    return Path(os.environ.get(DATA_ROOT_ENV) or REPO_ROOT / "data")
-
-
-@dataclass(frozen=True)
-class DatasetPaths:
-    root: Path
-    dataset: str
-
-    @property
-    def raw_dir(self) -> Path:
-        return self.root / "raw" / self.dataset
-
-    @property
-    def generated_dir(self) -> Path:
-        return self.root / "generated" / self.dataset
-
-    def stage_dir(self, stage: str) -> Path:
-        return self.root / "outputs" / self.dataset / stage
+DatasetPaths = DatasetLayout  # every path of a dataset: pipelines.layout
 
 
 def has_raw_files(raw_dir: Path) -> bool:
@@ -58,6 +32,37 @@ def write_parquet_atomic(frame: pl.DataFrame | pl.LazyFrame, path: Path) -> Path
             frame.sink_parquet(tmp, engine="streaming")
         else:
             frame.write_parquet(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_bytes_atomic(data: bytes, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_npz_atomic(arrays: dict[str, "np.ndarray"], path: Path) -> Path:
+    """``np.savez`` layout (``np.load`` reads it), but with fixed zip timestamps: same arrays, same bytes."""
+    import zipfile
+
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, arr in arrays.items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with zf.open(info, "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -142,7 +147,8 @@ class VersionedOutputs(StagedOutputs):
             if f.name.startswith("_"):
                 shutil.rmtree(f) if f.is_dir() else f.unlink()
         files = {f.name: f.stat().st_size for f in sorted(self.staging.iterdir())}
-        (self.staging / self.MANIFEST).write_text(json.dumps({"version": self.version, "files": files}, indent=1) + "\n")
+        # the folder name is the version; the manifest holds content only (same inputs, same bytes)
+        (self.staging / self.MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n")
         previous = os.readlink(self.out_dir) if self.out_dir.is_symlink() else None
         if self.out_dir.exists() and not self.out_dir.is_symlink():  # a folder from before versioning
             legacy = self.out_dir.parent / f".{self.out_dir.name}.v-legacy-{self.version}"
@@ -171,10 +177,7 @@ class VersionedOutputs(StagedOutputs):
 
 def current_version(out_dir: Path) -> str | None:
     """The version id a versioned stage folder points at (None for a plain folder)."""
-    import json
-
-    manifest = out_dir / VersionedOutputs.MANIFEST
-    return json.loads(manifest.read_text())["version"] if manifest.is_file() else None
+    return os.readlink(out_dir).rsplit(".v-", 1)[-1] if out_dir.is_symlink() else None
 
 
 class ParquetAppender:

@@ -56,18 +56,20 @@ def test_exports_contract_catches_an_empty_set_and_a_bad_recbole_id(out, tmp_pat
     import shutil
 
     from pipelines.contracts import exports_contract
+    from pipelines.layout import DatasetLayout
 
-    exports = tmp_path / "exports"
+    layout = DatasetLayout(tmp_path, out.name)
+    exports = layout.exports_dir()
     shutil.copytree(out / "exports", exports)
-    assert exports_contract(exports).passed
+    assert exports_contract(layout).passed
     train = exports / "blade" / "train.txt"
     train.write_text(train.read_text() + "1,2,0,0,0,0\n")
-    r = exports_contract(exports)
+    r = exports_contract(layout)
     assert not r.passed and "behaviors_are_binary_and_not_empty" in r.message and "blade/train.txt" in r.message
     shutil.copy(out / "exports" / "blade" / "train.txt", train)
     inter = next((exports / "recbole").glob("*.inter"))
     lines = inter.read_text().splitlines()
     lines[1] = "-4" + lines[1][lines[1].index("\t"):]
     inter.write_text("\n".join(lines) + "\n")
-    r = exports_contract(exports)
+    r = exports_contract(layout)
     assert not r.passed and "user_id:token" in r.message

@@ -20,7 +20,8 @@ import yaml
 
 from conftest import run_ingest, with_options, write
 from pipelines.contracts import ingest_consistency
-from pipelines.ingest.core import FAILED_QUARANTINE_DIR, ingest_dataset
+from pipelines.ingest.core import ingest_dataset
+from pipelines.layout import failed_attempt_dir
 from pipelines.ingest.errors import IngestError
 from pipelines.locks import DatasetLockedError, dataset_lock
 from pipelines.registry import DEFAULT_REGISTRY, RegistryError, load_registry
@@ -181,14 +182,14 @@ def test_over_threshold_run_keeps_its_whole_quarantine(tmp_path, registry):
     cfg = registry.get("taobao")
     raw, out = tmp_path / "raw", tmp_path / "out" / "ingest"
     write(raw, "UserBehavior.csv", _taobao_lines(5) + "x,1,1,pv,1\n" * 40)
-    with pytest.raises(IngestError, match=FAILED_QUARANTINE_DIR) as err:
+    with pytest.raises(IngestError, match="ingest_failed_attempt") as err:
         ingest_dataset(cfg, raw, out, **QUIET)
-    kept = pl.read_parquet(out.parent / FAILED_QUARANTINE_DIR / "quarantine.parquet")
-    assert kept.height == 40 and str(out.parent / FAILED_QUARANTINE_DIR) in str(err.value)
+    kept = pl.read_parquet(failed_attempt_dir(out) / "quarantine.parquet")
+    assert kept.height == 40 and str(failed_attempt_dir(out)) in str(err.value)
     assert not out.exists()  # nothing published
     write(raw, "UserBehavior.csv", _taobao_lines(5))
     ingest_dataset(cfg, raw, out, **QUIET)
-    assert not (out.parent / FAILED_QUARANTINE_DIR).exists()  # superseded by a good run
+    assert not failed_attempt_dir(out).exists()  # superseded by a good run
 
 
 # 8 ---------------------------------------------------------------- one writer per dataset

@@ -47,9 +47,9 @@ def test_recbole_and_gamer_files(tmp_path, registry):
                           c.TIMESTAMP: [1_000, 61_000, 2_000], "session": [0, 1, 0]},
                          schema_overrides={c.USER_ID: pl.UInt32, "step": pl.UInt32, c.ITEM_ID: pl.UInt32,
                                            c.BEHAVIORS: pl.UInt16, "session": pl.UInt32})
-    inter = recbole_inter(steps, cfg, tmp_path).read_text().splitlines()
+    inter = recbole_inter(steps, cfg, tmp_path / "taobao.inter").read_text().splitlines()
     assert inter[0] == "user_id:token\titem_id:token\ttimestamp:float\tbehaviors:token_seq\tsession_id:token"
     assert inter[1] == "0\t5\t1.0\tpv cart\t0"
-    doc = json.loads(gamer_json(steps, cfg, tmp_path).read_text())
+    doc = json.loads(gamer_json(steps, cfg, tmp_path / "taobao.gamer.json").read_text())
     assert doc == {"0": {"items": [5, 6], "behaviors": [["pv", "cart"], ["buy"]], "sessions": [0, 1]},
                    "1": {"items": [5], "behaviors": [["pv"]], "sessions": [0]}}

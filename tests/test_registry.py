@@ -69,3 +69,17 @@ def test_stage_options_errors_name_the_dataset_and_key(registry, stage, options)
     bad = registry.datasets["taobao"].model_copy(update={"stages": {stage: {"levls": 3}}})
     with pytest.raises(RegistryError, match=f"datasets.taobao.stages.{stage}.levls"):
         cls.of(bad)
+
+
+@pytest.mark.parametrize("stages, expected", [
+    ({"sequence": {"max_len": 20}}, r"datasets\.taobao\.stages\.sequence: unknown stage"),
+    ({"sequences": {"max_lenn": 20}}, r"datasets\.taobao\.stages\.sequences\.max_lenn"),
+    ({"augmentation": {"mask_exponnt": 1.0}}, r"datasets\.taobao\.stages\.augmentation\.mask_exponnt"),
+    ({"training": {"protocol": "released"}}, r"datasets\.taobao\.stages\.training\.protocol: .*not a split release"),
+])
+def test_stage_option_typos_fail_when_the_registry_loads(tmp_path, stages, expected):
+    path = _write(tmp_path, lambda r: r["datasets"]["taobao"].update(stages=stages))
+    with pytest.raises(RegistryError, match=expected):
+        load_registry(path)
+    lenient = load_registry(path, strict=False)  # the other datasets still load
+    assert "taobao" in lenient.broken and lenient.get("tmall").name == "tmall"

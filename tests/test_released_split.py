@@ -33,7 +33,7 @@ def _read(d: Path, name: str) -> pl.DataFrame:
     return pl.read_csv(d / name, has_header=False, new_columns=COLS).with_row_index("line", offset=1)
 
 
-def _materialize(cfg, paths: DatasetPaths) -> dict:
+def _materialize(cfg, paths: DatasetPaths):
     materialize_steps(cfg, paths, **QUIET)
     summary = materialize_split(cfg, paths, "released", **QUIET)
     materialize_statistics(cfg, paths, **QUIET)
@@ -83,12 +83,12 @@ def test_roles_and_examples_are_the_releases(release) -> None:
     cfg, paths, summary, files = release
     train, valid, between, test = (files[f] for f in FILES)
     nonzero = pl.sum_horizontal("b1", "b2", "b3", "b4") > 0  # all-zero lines are exposures, dropped
-    assert summary["roles"] == {"train": train.filter(nonzero).height, "valid": valid.height,
-                                "between": between.height, "test": test.height}
+    assert summary.roles == {"train": train.filter(nonzero).height, "valid": valid.height,
+                             "between": between.height, "test": test.height}
     users = set(train["user"]) | set(valid["user"]) | set(test["user"]) | set(between["user"])
-    assert summary["users_without_valid"] == len(users - set(valid["user"])) > 0
-    assert summary["users_without_test"] == len(users - set(test["user"])) > 0
-    assert summary["users_excluded"] == 0
+    assert summary.user_counts["users_without_valid"] == len(users - set(valid["user"])) > 0
+    assert summary.user_counts["users_without_test"] == len(users - set(test["user"])) > 0
+    assert summary.users_excluded == 0
 
     raw = _raw_roles(paths)
     # every role's steps are the file's non-zero lines, per user in file order
@@ -142,7 +142,7 @@ def test_export_then_reimport_gives_the_same_split(release, tmp_path, registry) 
     back_paths = DatasetPaths(tmp_path, cfg.name)
     ingest_dataset(cfg, paths.stage_dir("exports") / "blade", back_paths.stage_dir("ingest"), **QUIET)
     back_summary = _materialize(cfg, back_paths)
-    assert back_summary["roles"] == materialize_split(cfg, paths, "released", **QUIET)["roles"]
+    assert back_summary.roles == materialize_split(cfg, paths, "released", **QUIET).roles
     # exported ids are dense + 1: map both sides back to the dense ids of the first import
     first = _raw_roles(paths).with_columns(pl.col(c.RAW_USER_ID).rank("dense"), pl.col(c.RAW_ITEM_ID))
     again = _raw_roles(back_paths)

@@ -25,7 +25,7 @@ def test_generated_default_shows_a_clear_leak_and_filtering_removes_it(taobao):
     materialize_steps(cfg, paths, log=lambda _: None)
     for protocol in ("leave_one_out", "eidp", "session", "temporal"):
         summary = materialize_split(cfg, paths, protocol, log=lambda _: None)
-        assert summary["examples"] > 100
+        assert summary.examples > 100
     table = materialize_audit(cfg, paths, log=lambda _: None)
     loo = table.filter((pl.col("protocol") == "leave_one_out") & (pl.col("k") == 10))
     before = loo.filter(pl.col("filter") == "off").row(0, named=True)
@@ -74,7 +74,7 @@ def test_training_targets_can_be_filtered_too(taobao, tmp_path):
     summary = materialize_split(cfg_f, other, "leave_one_out", log=lambda _: None)
     train = pl.read_parquet(other.stage_dir("splits") / "leave_one_out" / "train_examples.parquet")
     dropped = train["dropped_steps"].list.len().sum()
-    assert summary["training_leak_steps_removed"] == dropped > 0
+    assert summary.training_leak_steps_removed == dropped > 0
 
 
 def test_a_window_that_empties_the_partition_is_a_clear_error(taobao, tmp_path):

@@ -1,34 +1,35 @@
 """Behavior statistics per split protocol, from training steps only (what the asset calls).
 
-Layout: data/outputs/<dataset>/statistics/<protocol>/statistics.json (+ M.npy, T.npy, heatmap.png).
+Per protocol: statistics JSON, the M and T matrices and a heatmap (paths: ``pipelines.layout``).
 Statistics never see valid, test, between or excluded steps: computing them before the split
 would leak evaluation data into training augmentations.
 """
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Callable
 
 import numpy as np
 import polars as pl
 
 from pipelines.augmentation.statistics import BehaviorCounts, BehaviorStatistics, count_sets, statistics
+from pipelines.reporting import Log
 from pipelines.registry import DatasetConfig
 from pipelines.sequences.splits import PROTOCOLS
-from pipelines.sequences.stage import ROWS_PER_SHARD, split_dir, steps_path
-from pipelines.storage import DatasetPaths, read_user_range, user_shards, write_text_atomic
+from pipelines.augmentation.options import AugmentationOptions
+from pipelines.sequences.stage import ROWS_PER_SHARD
+from pipelines.storage import DatasetPaths, read_user_range, user_shards, write_bytes_atomic, write_text_atomic
 from schemas import columns as c
 
-Log = Callable[[str], None]
 
 
 def training_counts(paths: DatasetPaths, protocol: str, n_behaviors: int, rows_per_shard: int = ROWS_PER_SHARD) -> BehaviorCounts:
     """Counts over the protocol's train-role steps, shard by shard, merged by addition."""
     total = BehaviorCounts(n_behaviors)
-    roles_path = split_dir(paths, protocol) / "roles.parquet"
-    for lo, hi in user_shards(steps_path(paths), rows_per_shard):
-        steps = read_user_range(steps_path(paths), lo, hi, [c.USER_ID, "step", c.BEHAVIORS])
+    roles_path = paths.roles(protocol)
+    for lo, hi in user_shards(paths.steps(), rows_per_shard):
+        steps = read_user_range(paths.steps(), lo, hi, [c.USER_ID, "step", c.BEHAVIORS])
         roles = read_user_range(roles_path, lo, hi)
         train = steps.join(roles.filter(pl.col("role") == "train"), on=[c.USER_ID, "step"], how="semi",
                            maintain_order="left")
@@ -75,23 +76,20 @@ def heatmap(cfg: DatasetConfig, s: BehaviorStatistics, title: str) -> bytes:
 
 def materialize_statistics(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
                            c_exponent: float | None = None) -> dict[str, dict[str, object]]:
-    c_exponent = float(cfg.stages.get("augmentation", {}).get("mask_exponent", 0.7)) if c_exponent is None else c_exponent
+    c_exponent = AugmentationOptions.of(cfg).mask_exponent if c_exponent is None else c_exponent
     out: dict[str, dict[str, object]] = {}
     for protocol in PROTOCOLS:
-        if not (split_dir(paths, protocol) / "roles.parquet").is_file():
+        if not paths.roles(protocol).is_file():
             continue
         s = statistics(training_counts(paths, protocol, len(cfg.behaviors)), c_exponent)
-        d = paths.stage_dir("statistics") / protocol
         doc = to_json(cfg, s, c_exponent)
-        d.mkdir(parents=True, exist_ok=True)
         for name, arr in (("M", s.M), ("T", s.T)):
-            tmp = d / f".{name}.tmp.npy"
-            np.save(tmp, arr)
-            tmp.replace(d / f"{name}.npy")
-        tmp = d / ".heatmap.tmp.png"
-        tmp.write_bytes(heatmap(cfg, s, f"{cfg.name} / {protocol}: training sets only"))
-        tmp.replace(d / "heatmap.png")
-        write_text_atomic(json.dumps(doc, indent=1) + "\n", d / "statistics.json")
+            buf = io.BytesIO()
+            np.save(buf, arr)
+            write_bytes_atomic(buf.getvalue(), paths.statistics_matrix(protocol, name))
+        write_bytes_atomic(heatmap(cfg, s, f"{cfg.name} / {protocol}: training sets only"),
+                           paths.statistics_heatmap(protocol))
+        write_text_atomic(json.dumps(doc, indent=1) + "\n", paths.statistics(protocol))
         out[protocol] = doc
         log(f"{cfg.name}/{protocol}: statistics over {s.n_sets:,} training sets")
     return out
@@ -104,18 +102,18 @@ def materialize_sequential_views(cfg: DatasetConfig, paths: DatasetPaths, log: L
     from pipelines.augmentation.sequential import sequential_views
     from pipelines.storage import ParquetAppender
 
-    options = cfg.stages.get("augmentation", {})
-    views, seed = int(options.get("sequential_views", 3)), int(options.get("seed", 0))
+    opts = AugmentationOptions.of(cfg)
+    views, seed = opts.sequential_views, opts.seed
     out: dict[str, dict[str, int]] = {}
     for protocol in PROTOCOLS:
-        roles_path = split_dir(paths, protocol) / "roles.parquet"
+        roles_path = paths.roles(protocol)
         if not roles_path.is_file():
             continue
-        target = paths.stage_dir("augmentation") / protocol / "sequential_views.parquet"
+        target = paths.sequential_views(protocol)
         originals = 0
         with ParquetAppender(target, {"mbrec.views": str(views), "mbrec.seed": str(seed)}) as w:
-            for i, (lo, hi) in enumerate(user_shards(steps_path(paths), rows_per_shard)):
-                steps = read_user_range(steps_path(paths), lo, hi)
+            for i, (lo, hi) in enumerate(user_shards(paths.steps(), rows_per_shard)):
+                steps = read_user_range(paths.steps(), lo, hi)
                 roles = read_user_range(roles_path, lo, hi)
                 train = steps.join(roles.filter(pl.col("role") == "train"), on=[c.USER_ID, "step"], how="semi",
                                    maintain_order="left")

@@ -17,7 +17,6 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,23 +25,19 @@ import polars as pl
 from pipelines.ingest.errors import IngestError
 from pipelines.ingest.formats import EVENT_PARSERS, EVENT_ROLES, event_files, item_attributes_from_files
 from pipelines.ingest.lines import N_FIELDS, TEXT, Check, RawFile, escape_invisible, readable_copy, utf8_check
+from pipelines.reporting import Log
 from pipelines.registry import FORMAT_FILE_ROLES, DatasetConfig
+from pipelines.layout import INGEST_FILES, failed_attempt_dir
 from pipelines.locks import dataset_lock
 from pipelines.storage import ParquetAppender, VersionedOutputs, write_parquet_atomic
 from schemas import columns as c
 from schemas.columns import EVENT_COLUMNS
 
 REASON_CODE = "__reason_code"
-EVENTS_FILE = "events.parquet"
-USER_MAP_FILE = "user_id_map.parquet"
-ITEM_MAP_FILE = "item_id_map.parquet"
-SIDE_INFO_FILE = "item_side_info.parquet"
-QUARANTINE_FILE = "quarantine.parquet"
-FAILED_QUARANTINE_DIR = "ingest_failed_attempt"  # beside the ingest outputs: the last failed run's quarantine
-REPORT_FILE = "ingest_report.json"
+EVENTS_FILE, USER_MAP_FILE, ITEM_MAP_FILE, SIDE_INFO_FILE, QUARANTINE_FILE, REPORT_FILE = (
+    INGEST_FILES[k] for k in ("events", "user_id_map", "item_id_map", "item_side_info", "quarantine", "ingest_report"))
 SIDE_COLUMNS = (c.CATEGORY_ID, c.CATEGORY_PATH, c.BRAND_ID, c.SELLER_ID, c.CAPTION_TOKENS)
 
-Log = Callable[[str], None]
 
 
 @dataclass
@@ -235,11 +230,13 @@ def ingest_dataset(
         summary.seconds = round(time.perf_counter() - started, 3)
         summary.outputs = {name: str(out_dir / name) for name in
                            (EVENTS_FILE, USER_MAP_FILE, ITEM_MAP_FILE, SIDE_INFO_FILE, QUARANTINE_FILE, REPORT_FILE)}
-        staged.path(REPORT_FILE).write_text(json.dumps(asdict(summary), indent=2, sort_keys=True) + "\n")
+        # the report is data: the same inputs give the same bytes, so timings and absolute paths stay out
+        report = {k: v for k, v in asdict(summary).items() if k not in ("seconds", "outputs")}
+        staged.path(REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         for name, text in (extra_files or {}).items():
             staged.path(name).write_text(text)
         staged.publish()
-        shutil.rmtree(out_dir.parent / FAILED_QUARANTINE_DIR, ignore_errors=True)  # superseded by this run
+        shutil.rmtree(_failed_quarantine_path(out_dir).parent, ignore_errors=True)  # superseded by this run
     log(
         f"{cfg.name}: {rows_read:,} rows read = {rows_kept:,} kept + {n_bad:,} quarantined + "
         f"{summary.duplicates_dropped:,} duplicates; {summary.users:,} users, {summary.items:,} items "
@@ -307,9 +304,13 @@ def _drop_exact_duplicates(df: pl.DataFrame) -> pl.DataFrame:
     return indexed.filter(~pl.col("__row").is_in(repeats.implode())).drop("__row")
 
 
+def _failed_quarantine_path(out_dir: Path) -> Path:
+    return failed_attempt_dir(out_dir) / QUARANTINE_FILE
+
+
 def _keep_failed_quarantine(quarantine: pl.DataFrame, out_dir: Path) -> Path:
     """A failed attempt publishes nothing, but its quarantine is what the user needs to read."""
-    return write_parquet_atomic(quarantine, out_dir.parent / FAILED_QUARANTINE_DIR / QUARANTINE_FILE)
+    return write_parquet_atomic(quarantine, _failed_quarantine_path(out_dir))
 
 
 def _id_map(kept: pl.LazyFrame, raw: str, dense: str) -> pl.DataFrame:

@@ -1,4 +1,4 @@
-"""Adapters for the published raw formats (see ../shared/FORMATS.md and README "Raw formats").
+"""Adapters for the published raw formats (README, "Your own data" and "What the adapters do").
 
 Each adapter turns a dataset's raw event files into a ``ParsedSource`` (lazy, one row per raw line)
 and, separately, builds per-item side attributes. Columns are mapped by header name wherever a

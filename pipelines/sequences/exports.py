@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -45,7 +46,7 @@ def blade_split_files(steps: pl.DataFrame, roles: pl.DataFrame, cfg: DatasetConf
     return counts
 
 
-def recbole_inter(steps: pl.DataFrame, cfg: DatasetConfig, out: Path) -> Path:
+def recbole_inter(steps: pl.DataFrame, cfg: DatasetConfig, path: Path) -> Path:
     """RecBole atomic file: user_id:token, item_id:token, timestamp:float (s), behaviors:token_seq, session_id:token."""
     names = cfg.behavior_names
     behaviors = pl.concat_str(
@@ -56,14 +57,13 @@ def recbole_inter(steps: pl.DataFrame, cfg: DatasetConfig, out: Path) -> Path:
         (pl.col(c.TIMESTAMP) / 1000).alias("timestamp:float") if cfg.time.unit != "none"
         else pl.col("step").cast(pl.Float64).alias("timestamp:float"),
         behaviors.alias("behaviors:token_seq"), pl.col("session").alias("session_id:token"))
-    path = out / f"{cfg.name}.inter"
     write_text_atomic(frame.write_csv(separator="\t"), path)
     return path
 
 
 def recbole_benchmark(steps: pl.DataFrame, roles: pl.DataFrame, examples: pl.DataFrame, cfg: DatasetConfig,
-                      max_len: int, out: Path) -> dict[str, int]:
-    """``out/<dataset>/<dataset>.{train,valid,test}.inter``; returns rows per file.
+                      max_len: int, path_of: Callable[[str], Path]) -> dict[str, int]:
+    """One RecBole benchmark file per role (``path_of(role)``); returns rows per file.
 
     Items are dense ``item_id`` tokens; a history is the last ``max_len`` steps before the target,
     oldest first, with the leakage filter's dropped steps removed (the same windows as the
@@ -87,14 +87,14 @@ def recbole_benchmark(steps: pl.DataFrame, roles: pl.DataFrame, examples: pl.Dat
                               RECBOLE_HEADER[2]: a["target_items"] - 1})
         # RecBole cannot hold an empty history (it indexes the last position), so such examples are left out
         kept = frame.filter(pl.col(RECBOLE_HEADER[1]) != "")
-        write_text_atomic(kept.write_csv(separator="\t"), out / cfg.name / f"{cfg.name}.{role}.inter")
-        counts[f"{cfg.name}.{role}.inter"] = kept.height
+        write_text_atomic(kept.write_csv(separator="\t"), path_of(role))
+        counts[path_of(role).name] = kept.height
         if role != "train":
             counts[f"{role}_examples_with_empty_history_left_out"] = frame.height - kept.height
     return counts
 
 
-def gamer_json(steps: pl.DataFrame, cfg: DatasetConfig, out: Path) -> Path:
+def gamer_json(steps: pl.DataFrame, cfg: DatasetConfig, path: Path) -> Path:
     """{"<user_id>": {"items": [...], "behaviors": [["pv", "cart"], ...], "sessions": [...]}} in sequence order."""
     names = cfg.behavior_names
     as_list = pl.concat_list(
@@ -104,6 +104,5 @@ def gamer_json(steps: pl.DataFrame, cfg: DatasetConfig, out: Path) -> Path:
         c.USER_ID, maintain_order=True).agg(pl.col(c.ITEM_ID).alias("items"), pl.col("__names").alias("behaviors"),
                                             pl.col("session").alias("sessions"))
     doc = {str(r[c.USER_ID]): {k: r[k] for k in ("items", "behaviors", "sessions")} for r in grouped.iter_rows(named=True)}
-    path = out / f"{cfg.name}.gamer.json"
     write_text_atomic(json.dumps(doc, separators=(",", ":")), path)
     return path

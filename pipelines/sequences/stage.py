@@ -1,24 +1,20 @@
 """File-level orchestration of the sequence stage (what the Dagster assets call; no Dagster here).
 
-Layout under data/outputs/<dataset>/:
-    sequences/steps.parquet                 behavior-set steps with sessions
-    splits/<protocol>/roles.parquet         one role per step
-    splits/<protocol>/examples.parquet      valid/test targets after the leakage filter
-    splits/<protocol>/examples_unfiltered.parquet
-    leakage/audit.parquet, leakage/leakage_audit.md
+Writes, through ``pipelines.layout``: the behavior-set steps with sessions; per protocol the roles
+(one per step), the valid/test examples after the leakage filter and before it, the training
+examples; the leakage audit; the model-ready arrays; the exports.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from pipelines.ingest.core import EVENTS_FILE
 from pipelines.registry import DatasetConfig
-from pipelines.reporting import audit_plot, markdown_table
+from pipelines.reporting import Log, audit_plot, markdown_table
 from pipelines.sequences import splits as sp
 from pipelines.sequences.leakage import apply_filter, audit, find_leaks
 from pipelines.sequences.options import SequenceOptions
@@ -28,34 +24,74 @@ from pipelines.storage import (
     ParquetAppender,
     read_user_range,
     user_shards,
+    write_bytes_atomic,
+    write_npz_atomic,
     write_parquet_atomic,
     write_text_atomic,
 )
 from schemas import columns as c
 
-Log = Callable[[str], None]
-STEPS_FILE = "steps.parquet"
 ROWS_PER_SHARD = 5_000_000  # rows of a stage's input processed together; bounds memory
 NO_LEAKS = pl.DataFrame(schema={"example": pl.UInt32, "step": pl.UInt32, "h_behaviors": pl.UInt16})
 
 
 def steps_path(paths: DatasetPaths) -> Path:
-    return paths.stage_dir("sequences") / STEPS_FILE
+    return paths.steps()
 
 
 def split_dir(paths: DatasetPaths, protocol: str) -> Path:
-    return paths.stage_dir("splits") / protocol
+    return paths.split_dir(protocol)
+
+
+@dataclass
+class StepsSummary:
+    """What the steps stage did: rows through each cleaning step, steps, users, the merge rule."""
+
+    events_in: int
+    after_time_window: int
+    after_exposures: int
+    k_core_rounds: list[dict[str, int]]
+    events_kept: int
+    steps: int
+    users: int
+    items: int
+    merged_events: int
+    mean_steps_per_user: float
+    mean_sessions_per_user: float
+    shards: int
+    merge_rule: str
+    time_note: str
+    behavior_sets: list[dict[str, object]] = field(default_factory=list)  # the most common sets
+
+
+@dataclass
+class SplitSummary:
+    """One protocol's split: roles per step, examples, the leakage filter's work (``applicable``
+    False with the reason in ``note`` when the protocol does not apply to the dataset)."""
+
+    applicable: bool
+    note: str = ""
+    users_excluded: int = 0
+    user_counts: dict[str, int] = field(default_factory=dict)  # e.g. users_without_valid (released)
+    roles: dict[str, int] = field(default_factory=dict)
+    examples: int = 0
+    leakage_filter: str = ""
+    max_len: int = 0
+    leak_steps_removed: int = 0
+    examples_with_leak_removed: int = 0
+    filter_training_targets: bool = False
+    training_leak_steps_removed: int = 0
 
 
 def materialize_steps(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
-                      rows_per_shard: int = ROWS_PER_SHARD) -> dict[str, object]:
+                      rows_per_shard: int = ROWS_PER_SHARD) -> StepsSummary:
     """Clean events and build steps with sessions, shard by shard of consecutive users.
 
     The iterative k-core needs global counts each round, so with k-core on the table is processed
     whole (one shard).
     """
     opts = SequenceOptions.of(cfg)
-    events_path = paths.stage_dir("ingest") / EVENTS_FILE
+    events_path = paths.events()
     columns = [c.USER_ID, c.ITEM_ID, c.BEHAVIORS, c.TIMESTAMP, c.EVENT_ORDER]
     whole = bool(opts.min_user_steps or opts.min_item_steps)
     shards = [(0, 1 << 32)] if whole else user_shards(events_path, rows_per_shard)
@@ -90,18 +126,18 @@ def materialize_steps(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
             f"Loosen datasets.{cfg.name}.stages.sequences.")
     items = pl.scan_parquet(steps_path(paths)).select(pl.col(c.ITEM_ID).n_unique()).collect().item()
     top = sorted(sets.items(), key=lambda kv: -kv[1])[:15]
-    return {
-        "events_in": totals["rows_in"], "after_time_window": totals["after_window"],
-        "after_exposures": totals["after_exposures"], "k_core_rounds": rounds,
-        "events_kept": totals["rows_out"], "steps": n_steps, "users": users, "items": items,
-        "merged_events": int(totals["rows_out"] - n_steps), "mean_steps_per_user": n_steps / max(users, 1),
-        "mean_sessions_per_user": sessions / max(users, 1), "shards": len(shards),
-        "merge_rule": opts.merge_rule if cfg.time.unit != "none" or opts.merge_rule in ("consecutive", "none") else
-                      f"{opts.merge_rule} (no time column: only consecutive merging applies)",
-        "time_note": "no time column: file order is the sequence order; one session per user"
-                     if cfg.time.unit == "none" else f"time granularity {cfg.time.granularity}; ties keep file order",
-        "behavior_sets": [{"set": _set_name(cfg, m), "steps": n} for m, n in top],
-    }
+    return StepsSummary(
+        events_in=totals["rows_in"], after_time_window=totals["after_window"],
+        after_exposures=totals["after_exposures"], k_core_rounds=rounds,
+        events_kept=totals["rows_out"], steps=n_steps, users=users, items=items,
+        merged_events=int(totals["rows_out"] - n_steps), mean_steps_per_user=n_steps / max(users, 1),
+        mean_sessions_per_user=sessions / max(users, 1), shards=len(shards),
+        merge_rule=opts.merge_rule if cfg.time.unit != "none" or opts.merge_rule in ("consecutive", "none") else
+        f"{opts.merge_rule} (no time column: only consecutive merging applies)",
+        time_note="no time column: file order is the sequence order; one session per user"
+        if cfg.time.unit == "none" else f"time granularity {cfg.time.granularity}; ties keep file order",
+        behavior_sets=[{"set": _set_name(cfg, m), "steps": n} for m, n in top],
+    )
 
 
 def _set_name(cfg: DatasetConfig, mask: int) -> str:
@@ -109,14 +145,14 @@ def _set_name(cfg: DatasetConfig, mask: int) -> str:
 
 
 def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, log: Log = print,
-                      rows_per_shard: int = ROWS_PER_SHARD) -> dict[str, object]:
+                      rows_per_shard: int = ROWS_PER_SHARD) -> SplitSummary:
     """Write one protocol's roles and examples (filtered and unfiltered), shard by shard of users."""
     opts = SequenceOptions.of(cfg)
     out = split_dir(paths, protocol)
     spec = sp.PROTOCOL_TABLE[protocol]
     why = spec.not_applicable(cfg)
     if why:
-        return {"applicable": False, "note": why}
+        return SplitSummary(applicable=False, note=why)
     path = steps_path(paths)
     cuts: tuple[int, int] | None = None
     if spec.needs_cuts:  # a global statistic, computed once over all shards
@@ -129,10 +165,10 @@ def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, lo
     note = ""
     from pipelines.sequences.model_ready import training_examples
 
-    with (ParquetAppender(out / "roles.parquet") as roles_out,
-          ParquetAppender(out / "examples.parquet") as filtered_out,
-          ParquetAppender(out / "examples_unfiltered.parquet") as unfiltered_out,
-          ParquetAppender(out / "train_examples.parquet") as train_out):
+    with (ParquetAppender(paths.roles(protocol)) as roles_out,
+          ParquetAppender(paths.examples(protocol)) as filtered_out,
+          ParquetAppender(paths.examples(protocol, filtered=False)) as unfiltered_out,
+          ParquetAppender(paths.train_examples(protocol)) as train_out):
         for lo, hi in user_shards(path, rows_per_shard):
             steps = read_user_range(path, lo, hi)
             split = spec.run(steps, inputs)
@@ -161,13 +197,12 @@ def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, lo
                 f"({excluded:,} users excluded); targets are {opts.target_behaviors or cfg.targets}")
     log(f"{cfg.name}/{protocol}: {n_examples:,} evaluation examples; filter '{opts.leakage_filter}' "
         f"removed {leak_steps:,} history steps from {leak_examples:,} examples")
-    return {
-        "applicable": True, "note": note, "users_excluded": excluded, **user_counts,
-        "roles": dict(sorted(roles_count.items())),
-        "examples": n_examples, "leakage_filter": opts.leakage_filter, "max_len": opts.max_len,
-        "leak_steps_removed": leak_steps, "examples_with_leak_removed": leak_examples,
-        "filter_training_targets": opts.filter_training_targets, "training_leak_steps_removed": train_leak_steps,
-    }
+    return SplitSummary(
+        applicable=True, note=note, users_excluded=excluded, user_counts=user_counts,
+        roles=dict(sorted(roles_count.items())), examples=n_examples, leakage_filter=opts.leakage_filter,
+        max_len=opts.max_len, leak_steps_removed=leak_steps, examples_with_leak_removed=leak_examples,
+        filter_training_targets=opts.filter_training_targets, training_leak_steps_removed=train_leak_steps,
+    )
 
 
 def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
@@ -182,18 +217,17 @@ def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = 
     shards = user_shards(path, rows_per_shard)
     summary: dict[str, dict[str, int]] = {}
     for protocol in sp.PROTOCOLS:
-        d = split_dir(paths, protocol)
-        if not (d / "examples.parquet").is_file():
+        if not paths.examples(protocol).is_file():
             continue
-        out = paths.stage_dir("model_ready") / protocol
         arrays: dict[str, list[dict[str, np.ndarray]]] = {"train": [], "valid": [], "test": []}
-        with (ParquetAppender(out / "train.parquet") as w_train, ParquetAppender(out / "valid.parquet") as w_valid,
-              ParquetAppender(out / "test.parquet") as w_test):
+        with (ParquetAppender(paths.model_ready(protocol, "train", "parquet")) as w_train,
+              ParquetAppender(paths.model_ready(protocol, "valid", "parquet")) as w_valid,
+              ParquetAppender(paths.model_ready(protocol, "test", "parquet")) as w_test):
             writers = {"train": w_train, "valid": w_valid, "test": w_test}
             for lo, hi in shards:
                 steps = read_user_range(path, lo, hi)
-                examples = read_user_range(d / "examples.parquet", lo, hi)
-                for role, ex in (("train", read_user_range(d / "train_examples.parquet", lo, hi)),
+                examples = read_user_range(paths.examples(protocol), lo, hi)
+                for role, ex in (("train", read_user_range(paths.train_examples(protocol), lo, hi)),
                                  ("valid", examples.filter(pl.col("role") == "valid")),
                                  ("test", examples.filter(pl.col("role") == "test"))):
                     a = model_ready.build(steps, ex, opts.max_len)
@@ -204,9 +238,7 @@ def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = 
             parts = arrays.pop(role)  # one role's arrays at a time in memory
             merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
             del parts
-            tmp = out / f".{role}.tmp.npz"
-            np.savez(tmp, **merged)
-            tmp.replace(out / f"{role}.npz")
+            write_npz_atomic(merged, paths.model_ready(protocol, role))
             summary[protocol][role] = int(len(merged.get("user_ids", [])))
             del merged
         log(f"{cfg.name}/{protocol}: model-ready {summary[protocol]}")
@@ -217,26 +249,25 @@ def materialize_exports(cfg: DatasetConfig, paths: DatasetPaths, log: Log = prin
     from pipelines.sequences import exports
 
     steps = pl.read_parquet(steps_path(paths))
-    out = paths.stage_dir("exports")
     result: dict[str, object] = {}
     # a release exports its own roles (export -> re-import gives the same split); raw logs the eidp rule's
     for protocol in ("released", "eidp"):
-        roles = split_dir(paths, protocol) / "roles.parquet"
+        roles = paths.roles(protocol)
         if roles.is_file() and not sp.PROTOCOL_TABLE[protocol].not_applicable(cfg):
-            result["blade_split_files"] = exports.blade_split_files(steps, pl.read_parquet(roles), cfg, out / "blade")
+            result["blade_split_files"] = exports.blade_split_files(steps, pl.read_parquet(roles), cfg,
+                                                                    paths.blade_exports_dir())
             result["blade_split_protocol"] = protocol
             break
-    result["recbole_inter"] = str(exports.recbole_inter(steps, cfg, out / "recbole"))
+    result["recbole_inter"] = str(exports.recbole_inter(steps, cfg, paths.recbole_inter()))
     opts = SequenceOptions.of(cfg)
     protocol = opts.recbole_protocol or sp.default_protocol(cfg)
-    examples = split_dir(paths, protocol) / "examples.parquet"
-    if opts.recbole_benchmark and examples.is_file():
+    if opts.recbole_benchmark and paths.examples(protocol).is_file():
         result["recbole_benchmark"] = exports.recbole_benchmark(
-            steps, pl.read_parquet(split_dir(paths, protocol) / "roles.parquet"), pl.read_parquet(examples),
-            cfg, opts.max_len, out / "recbole_benchmark")
+            steps, pl.read_parquet(paths.roles(protocol)), pl.read_parquet(paths.examples(protocol)),
+            cfg, opts.max_len, paths.recbole_benchmark)
         result["recbole_benchmark_protocol"] = protocol
-    result["gamer_json"] = str(exports.gamer_json(steps, cfg, out / "gamer"))
-    log(f"{cfg.name}: exports written to {out}")
+    result["gamer_json"] = str(exports.gamer_json(steps, cfg, paths.gamer_json()))
+    log(f"{cfg.name}: exports written to {paths.exports_dir()}")
     return result
 
 
@@ -247,33 +278,29 @@ def materialize_audit(cfg: DatasetConfig, paths: DatasetPaths, protocols: tuple[
     steps = pl.read_parquet(steps_path(paths))
     parts = []
     for protocol in protocols:
-        d = split_dir(paths, protocol)
-        if not (d / "examples.parquet").is_file():
+        if not paths.examples(protocol).is_file():
             continue
-        for label, file in (("off", "examples_unfiltered.parquet"), (opts.leakage_filter, "examples.parquet")):
-            ex = pl.read_parquet(d / file)
+        for label, file in (("off", paths.examples(protocol, filtered=False)),
+                            (opts.leakage_filter, paths.examples(protocol))):
+            ex = pl.read_parquet(file)
             parts.append(audit(steps, ex, max_len=opts.max_len).select(
                 pl.lit(protocol).alias("protocol"), pl.lit(label).alias("filter"), "k",
                 pl.lit(ex.height, pl.Int64).alias("examples"), pl.exclude("k")))
     if not parts:
         raise EmptyPartitionError(f"dataset '{cfg.name}': no split has been materialized to audit")
     table = pl.concat(parts)
-    out = paths.stage_dir("leakage")
-    write_parquet_atomic(table, out / "audit.parquet")
-    png = audit_plot(table, f"Same-item leak: {cfg.name}")
-    tmp = out / ".leakage_audit.png.tmp"
-    tmp.write_bytes(png)
-    tmp.replace(out / "leakage_audit.png")
-    write_text_atomic(audit_report(cfg, table), out / "leakage_audit.md")
+    write_parquet_atomic(table, paths.leakage_audit())
+    write_bytes_atomic(audit_plot(table, f"Same-item leak: {cfg.name}"), paths.leakage_plot())
+    write_text_atomic(audit_report(cfg, table, paths.leakage_plot().name), paths.leakage_report())
     return table
 
 
-def audit_report(cfg: DatasetConfig, table: pl.DataFrame) -> str:
+def audit_report(cfg: DatasetConfig, table: pl.DataFrame, plot_name: str) -> str:
     lines = [f"# Leakage audit: {cfg.name}", "",
              "Share of evaluation targets whose item is among the last k history steps, and HR/NDCG@k of two "
              "recommenders that only exploit the history (most recent distinct items; most frequent items), "
              "before (`off`) and after the configured leakage filter. High scores before filtering measure the "
-             "same-item leak, not a model.", "", "![leakage audit](leakage_audit.png)", ""]
+             "same-item leak, not a model.", "", f"![leakage audit]({plot_name})", ""]
     for (protocol,), g in table.group_by("protocol", maintain_order=True):
         lines += [f"## {protocol}", "", markdown_table(g.drop("protocol").with_columns(pl.col(pl.Float64).round(4)),
                                                        max_rows=50), ""]

@@ -1,6 +1,6 @@
 """Full-ranking metrics with one target per evaluation case.
 
-Policies (see ``/work/shared/EVALUATION.md``):
+Policies (README, "Training and evaluation"):
 
 - **Ranks start at 1.** The target's rank among all items, never sampled negatives.
 - **Ties count against the target** (pessimistic): an item scoring exactly the target's score is

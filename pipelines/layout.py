@@ -1,0 +1,234 @@
+"""Where every artifact of a dataset lives: the one module that spells file and folder names.
+
+Layout under the data root (default ``data/``, or ``$MBREC_DATA_ROOT``)::
+
+    raw/<dataset>/                 raw files dropped by users (never written by the pipeline)
+    generated/<dataset>/           synthetic raw files, used when raw/<dataset>/ is empty
+    outputs/<dataset>/<stage>/...  what each stage writes (accessors below)
+    outputs/leaderboard.{parquet,md}   every dataset's evaluation
+
+Stages, checks, the dataset card, the demo and training read and write only through a
+``DatasetLayout`` (``settings.paths(name)`` in assets), so renaming an output is one edit here.
+``PRODUCERS`` says which asset writes each artifact; assets take their ``deps`` from it
+(``producers_of(...)``), so Dagster knows which files an asset reads.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.registry import REPO_ROOT
+
+DATA_ROOT_ENV = "MBREC_DATA_ROOT"
+# The ingest stage writes these into a staging folder and publishes them as one version (its
+# writer needs the names without the folder); everyone else uses the accessors.
+INGEST_FILES = {"events": "events.parquet", "user_id_map": "user_id_map.parquet",
+                "item_id_map": "item_id_map.parquet", "item_side_info": "item_side_info.parquet",
+                "quarantine": "quarantine.parquet", "ingest_report": "ingest_report.json", "source": "source.json"}
+
+
+def failed_attempt_dir(stage_dir: Path) -> Path:
+    """Beside a stage's outputs: what its last failed attempt left for the user to read."""
+    return stage_dir.with_name(f"{stage_dir.name}_failed_attempt")
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get(DATA_ROOT_ENV) or REPO_ROOT / "data")
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    root: Path
+    dataset: str
+
+    # ---------------------------------------------------------------- inputs
+    @property
+    def raw_dir(self) -> Path:
+        return self.root / "raw" / self.dataset
+
+    @property
+    def generated_dir(self) -> Path:
+        return self.root / "generated" / self.dataset
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.root / "outputs" / self.dataset
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.outputs_dir / stage
+
+    # ---------------------------------------------------------------- ingest (one versioned folder)
+    def ingest_dir(self) -> Path:
+        return self.stage_dir("ingest")
+
+    def events(self) -> Path:
+        return self.ingest_dir() / INGEST_FILES["events"]
+
+    def user_id_map(self) -> Path:
+        return self.ingest_dir() / INGEST_FILES["user_id_map"]
+
+    def item_id_map(self) -> Path:
+        return self.ingest_dir() / INGEST_FILES["item_id_map"]
+
+    def item_side_info(self) -> Path:
+        return self.ingest_dir() / INGEST_FILES["item_side_info"]
+
+    def quarantine(self) -> Path:
+        return self.ingest_dir() / INGEST_FILES["quarantine"]
+
+    def ingest_report(self) -> Path:
+        return self.ingest_dir() / INGEST_FILES["ingest_report"]
+
+    def source(self) -> Path:
+        return self.ingest_dir() / INGEST_FILES["source"]
+
+    def failed_quarantine(self) -> Path:
+        """The whole quarantine of the last ingest attempt that failed its threshold."""
+        return failed_attempt_dir(self.ingest_dir()) / INGEST_FILES["quarantine"]
+
+    # ---------------------------------------------------------------- sequences and splits
+    def steps(self) -> Path:
+        return self.stage_dir("sequences") / "steps.parquet"
+
+    def split_dir(self, protocol: str) -> Path:
+        return self.stage_dir("splits") / protocol
+
+    def roles(self, protocol: str) -> Path:
+        return self.split_dir(protocol) / "roles.parquet"
+
+    def examples(self, protocol: str, filtered: bool = True) -> Path:
+        return self.split_dir(protocol) / ("examples.parquet" if filtered else "examples_unfiltered.parquet")
+
+    def train_examples(self, protocol: str) -> Path:
+        return self.split_dir(protocol) / "train_examples.parquet"
+
+    def leakage_audit(self) -> Path:
+        return self.stage_dir("leakage") / "audit.parquet"
+
+    def leakage_report(self) -> Path:
+        return self.stage_dir("leakage") / "leakage_audit.md"
+
+    def leakage_plot(self) -> Path:
+        return self.stage_dir("leakage") / "leakage_audit.png"
+
+    def model_ready_dir(self, protocol: str | None = None) -> Path:
+        d = self.stage_dir("model_ready")
+        return d / protocol if protocol else d
+
+    def model_ready(self, protocol: str, role: str, kind: str = "npz") -> Path:
+        """``kind``: ``npz`` (the arrays training loads) or ``parquet`` (the same, as a table)."""
+        return self.model_ready_dir(protocol) / f"{role}.{kind}"
+
+    def model_ready_tables(self) -> list[Path]:
+        return sorted(self.model_ready_dir().glob("*/*.parquet"))
+
+    # ---------------------------------------------------------------- exports
+    def exports_dir(self) -> Path:
+        return self.stage_dir("exports")
+
+    def blade_exports_dir(self) -> Path:
+        return self.exports_dir() / "blade"
+
+    def blade_files(self) -> list[Path]:
+        return sorted(self.blade_exports_dir().glob("*.txt"))
+
+    def recbole_inter(self) -> Path:
+        return self.exports_dir() / "recbole" / f"{self.dataset}.inter"
+
+    def recbole_benchmark_dir(self) -> Path:
+        """RecBole's ``data_path``: the files are ``<dataset>/<dataset>.<role>.inter`` below it."""
+        return self.exports_dir() / "recbole_benchmark"
+
+    def recbole_benchmark(self, role: str) -> Path:
+        return self.recbole_benchmark_dir() / self.dataset / f"{self.dataset}.{role}.inter"
+
+    def gamer_json(self) -> Path:
+        return self.exports_dir() / "gamer" / f"{self.dataset}.gamer.json"
+
+    # ---------------------------------------------------------------- augmentation
+    def statistics_dir(self, protocol: str | None = None) -> Path:
+        d = self.stage_dir("statistics")
+        return d / protocol if protocol else d
+
+    def statistics(self, protocol: str) -> Path:
+        return self.statistics_dir(protocol) / "statistics.json"
+
+    def statistics_matrix(self, protocol: str, name: str) -> Path:
+        """``name``: ``M`` (co-occurrence) or ``T`` (transitions)."""
+        return self.statistics_dir(protocol) / f"{name}.npy"
+
+    def statistics_heatmap(self, protocol: str) -> Path:
+        return self.statistics_dir(protocol) / "heatmap.png"
+
+    def sequential_views(self, protocol: str) -> Path:
+        return self.stage_dir("augmentation") / protocol / "sequential_views.parquet"
+
+    def sequential_view_tables(self) -> list[Path]:
+        return sorted(self.stage_dir("augmentation").glob("*/sequential_views.parquet"))
+
+    # ---------------------------------------------------------------- semantic IDs
+    def semantic_ids_dir(self) -> Path:
+        return self.stage_dir("semantic_ids")
+
+    def semantic_ids(self) -> Path:
+        return self.semantic_ids_dir() / "semantic_ids.parquet"
+
+    def semantic_id_quality(self) -> Path:
+        return self.semantic_ids_dir() / "quality.json"
+
+    # ---------------------------------------------------------------- training and evaluation
+    def run_dir(self, protocol: str, model: str) -> Path:
+        return self.stage_dir("training") / protocol / model
+
+    def checkpoint(self, protocol: str, model: str) -> Path:
+        return self.run_dir(protocol, model) / "checkpoint.pt"
+
+    def run_record(self, protocol: str, model: str) -> Path:
+        return self.run_dir(protocol, model) / "run.json"
+
+    def evaluation_results(self) -> Path:
+        return self.stage_dir("evaluation") / "results.parquet"
+
+    def evaluation_leaderboard(self) -> Path:
+        return self.stage_dir("evaluation") / "leaderboard.md"
+
+    # ---------------------------------------------------------------- reports
+    def data_docs(self, suite: str) -> Path:
+        return self.stage_dir("quality") / "data_docs" / suite
+
+    def card_dir(self) -> Path:
+        return self.stage_dir("card")
+
+    def card(self, kind: str = "html") -> Path:
+        return self.card_dir() / f"dataset_card.{kind}"
+
+    def card_figure(self, n: int) -> Path:
+        return self.card_dir() / f"figure_{n}.png"
+
+
+def global_leaderboard(root: Path, kind: str = "md") -> Path:
+    return root / "outputs" / f"leaderboard.{kind}"
+
+
+def evaluation_results_of_every_dataset(root: Path) -> list[Path]:
+    return sorted((root / "outputs").glob("*/evaluation/results.parquet"))
+
+
+# Which asset writes each artifact (accessor name -> asset key): assets take their deps from here.
+PRODUCERS: dict[str, str] = {
+    "events": "canonical_events", "user_id_map": "user_id_map", "item_id_map": "item_id_map",
+    "item_side_info": "item_side_info", "quarantine": "ingest_quarantine",
+    "steps": "behavior_sets", "leakage_audit": "leakage_audit", "model_ready": "model_ready_sequences",
+    "statistics": "behavior_statistics", "sequential_views": "sequential_augmentation",
+    "semantic_ids": "semantic_ids", "evaluation_results": "evaluation", "exports": "sequence_exports",
+}
+
+
+def producers_of(*artifacts: str) -> list[str]:
+    """Asset keys that write the named artifacts (accessor names of ``DatasetLayout``)."""
+    unknown = [a for a in artifacts if a not in PRODUCERS]
+    if unknown:
+        raise KeyError(f"no producing asset known for {unknown}; known: {sorted(PRODUCERS)}")
+    return list(dict.fromkeys(PRODUCERS[a] for a in artifacts))
