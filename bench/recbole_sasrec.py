@@ -8,8 +8,8 @@ Reads the RecBole benchmark files that `sequence_exports` writes
 RecBole 1.2.1's SASRec on them in its own virtualenv (created on first use under `bench/work/`:
 RecBole needs numpy < 2 and setuptools < 81, which the project's environment does not have; with
 torch >= 2.6 it also needs TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 to reload its own checkpoints), and
-prints its test figures beside our `sasrec` row of `evaluation/results.parquet` for the same
-protocol. Not part of the test run.
+prints its test figures beside our trained `sasrec` checkpoint's, scored on the same protocol
+with RecBole's convention (full ranking, no history masking). Not part of the test run.
 
 RecBole settings that reproduce our protocol: `benchmark_filename: [train, valid, test]`, full
 ranking (`eval_args.mode: full`), no history masking (RecBole's default for sequential models, and
@@ -66,11 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--venv", type=Path, default=VENV)
     args = parser.parse_args(argv)
 
-    import polars as pl
-
     from pipelines.resources import PipelineSettings
     from pipelines.sequences.options import SequenceOptions
-    from pipelines.training.stage import TrainingOptions, run_dir
+    from pipelines.training.evaluate import evaluate
+    from pipelines.training.stage import TrainingOptions, load_arrays, load_trained, run_dir
 
     settings = PipelineSettings(data_root=args.data_root) if args.data_root else PipelineSettings()
     cfg = settings.dataset(args.dataset)
@@ -81,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"the RecBole files carry protocol '{exported}', our leaderboard uses '{protocol}'", file=sys.stderr)
         return 2
     data = paths.stage_dir("exports") / "recbole_benchmark"
-    results = paths.stage_dir("evaluation") / "results.parquet"
-    if not (data / cfg.name / f"{cfg.name}.test.inter").is_file() or not results.is_file():
-        print(f"materialize {cfg.name} first (make demo, or the UI): {data} or {results} is missing", file=sys.stderr)
+    checkpoint = run_dir(paths, protocol, "sasrec") / "checkpoint.pt"
+    if not (data / cfg.name / f"{cfg.name}.test.inter").is_file() or not checkpoint.is_file():
+        print(f"materialize {cfg.name} first (make demo, or the UI): {data} or {checkpoint} is missing", file=sys.stderr)
         return 2
     run = json.loads((run_dir(paths, protocol, "sasrec") / "run.json").read_text())
     model, train = run["model_config"], run["train_config"]
@@ -112,8 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         print(proc.stdout[-4000:], proc.stderr[-4000:], sep="\n", file=sys.stderr)
         return 1
     theirs = json.loads(line.removeprefix("RECBOLE_RESULT "))["test_result"]
-    ours = pl.read_parquet(results).filter((pl.col("model") == "sasrec") & (pl.col("target_behavior") == "all")
-                                           & (pl.col("filter") != "off")).row(0, named=True)
+    # our checkpoint scored here with RecBole's convention (no history masking), whatever the
+    # leaderboard's last evaluation used
+    model, _ = load_trained(paths, cfg, protocol, "sasrec")
+    ours = evaluate(model, load_arrays(paths, protocol, "test"), cfg.behavior_names, mask_history=0,
+                    ks=(5, 10, 20)).metrics
     n_test = sum(1 for _ in (data / cfg.name / f"{cfg.name}.test.inter").open()) - 1
     print(f"\n{cfg.name}, protocol {protocol}: test examples ours {ours['n']:,}, RecBole {n_test:,} "
           "(RecBole cannot hold an empty history; those examples are left out of its files)\n")

@@ -11,6 +11,8 @@ Modes (applied to valid/test examples, optionally to training targets):
 
 from __future__ import annotations
 
+import math
+
 from typing import Literal
 
 import polars as pl
@@ -119,6 +121,7 @@ def audit(steps: pl.DataFrame, examples: pl.DataFrame, *, max_len: int = 50, ks:
             r = ranks[f"{name}_rank"]
             hit = r.filter(r <= k)
             row[f"{name}_hr"] = hit.len() / n
-            row[f"{name}_ndcg"] = float((1.0 / (hit.cast(pl.Float64) + 1).log(2)).sum()) / n
+            # fsum is exactly rounded, so the group-by's arbitrary row order cannot change the last bits
+            row[f"{name}_ndcg"] = math.fsum((1.0 / (hit.cast(pl.Float64) + 1).log(2)).to_list()) / n
         rows.append(row)
     return pl.DataFrame(rows, schema=schema)

@@ -195,11 +195,21 @@ def materialize_training(cfg: DatasetConfig, paths: DatasetPaths, name: str, par
             "data_version": data_version(paths, protocol, extra), "parameters": n_params,
             "device": str(model.device), "best_epoch": result.best_epoch, "best_valid": result.best_valid,
             "stopped": result.stopped, "train_seconds": result.train_seconds, "curve": result.curve}
-    out = run_dir(paths, protocol, name)
-    out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out / "checkpoint.pt", model, meta)
-    write_text_atomic(json.dumps(meta, indent=2, default=str), out / "run.json")
+    record = reproducible(meta)
+    save_checkpoint(paths.checkpoint(protocol, name), model, record)
+    write_text_atomic(json.dumps(record, indent=2, default=str), paths.run_record(protocol, name))
     return meta
+
+
+TIMINGS = ("train_seconds", "seconds", "sequences_per_s")
+
+
+def reproducible(meta: dict[str, Any]) -> dict[str, Any]:
+    """The run's record without wall-clock figures: the same inputs give the same checkpoint and
+    run.json bytes; timings go to the Dagster metadata and the log instead."""
+    out = {k: v for k, v in meta.items() if k not in TIMINGS}
+    out["curve"] = [{k: v for k, v in row.items() if k not in TIMINGS} for row in meta.get("curve", [])]
+    return out
 
 
 def load_trained(paths: DatasetPaths, cfg: DatasetConfig, protocol: str, name: str,
@@ -243,19 +253,17 @@ def materialize_evaluation(cfg: DatasetConfig, paths: DatasetPaths, models: list
             start = time.perf_counter()
             res = evaluate(model, arrays, cfg.behavior_names, mask_history=mask_history, ks=KS,
                            beam_k=max(KS) + mask_history if not model.full_ranking else None)
-            seconds = time.perf_counter() - start
+            seconds = time.perf_counter() - start  # logged, not stored: results are data (same inputs, same bytes)
             base = {"dataset": cfg.name, "protocol": protocol, "model": name, "filter": label,
-                    "mask_history": mask_history, "data_version": ckpt["data_version"],
-                    "eval_seconds": round(seconds, 3)}
+                    "mask_history": mask_history, "data_version": ckpt["data_version"]}
             rows.append(base | {"target_behavior": "all"} | res.metrics)
             rows.extend(base | {"target_behavior": b} | m for b, m in res.per_behavior.items())
             log(f"{cfg.name}/{protocol}/{name} [filter {label}]: NDCG@10 {res.metrics['ndcg@10']:.4f}, "
                 f"HR@10 {res.metrics['hr@10']:.4f}, MRR {res.metrics['mrr']:.4f} over {res.metrics['n']:,} "
                 f"examples ({seconds:.2f} s)")
     table = pl.DataFrame(rows).with_columns(pl.col("n").cast(pl.Int64))
-    out = paths.stage_dir("evaluation")
-    write_parquet_atomic(table, out / "results.parquet")
-    write_text_atomic(leaderboard_markdown(table, f"Leaderboard: {cfg.name}"), out / "leaderboard.md")
+    write_parquet_atomic(table, paths.evaluation_results())
+    write_text_atomic(leaderboard_markdown(table, f"Leaderboard: {cfg.name}"), paths.evaluation_leaderboard())
     return table
 
 
