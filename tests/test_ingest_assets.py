@@ -32,7 +32,8 @@ def test_definitions_load_with_partitions_for_every_dataset(registry):
     assert keys >= {"canonical_events", "user_id_map", "item_id_map", "item_side_info", "ingest_quarantine"}
     node = graph.get(dg.AssetKey("canonical_events"))
     assert node.partitions_def.get_partition_keys() == registry.names
-    assert defs.resolve_job_def("materialize_all") is not None
+    job = defs.resolve_job_def("materialize_all")
+    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == keys  # every asset, one job
 
 
 def test_materialize_on_generated_data_passes_every_check(materialized):
