@@ -360,3 +360,18 @@ def test_sasrec_fused_softmax_trains_like_the_plain_path():
         np.testing.assert_allclose(states[chunk][0], states[0][0], rtol=1e-5)
         for key, value in states[0][1].items():
             torch.testing.assert_close(states[chunk][1][key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_behavior_set_candidate_logits_same_by_matmul_or_gather():
+    """Small catalogues score candidates through one matmul over every item, large ones gather the
+    candidates' embeddings: the same losses and gradients either way."""
+    out = {}
+    for ratio in (10**6, 0):
+        model = build("behavior_set")
+        model.full_logits_ratio = ratio
+        model.reset_sampler()
+        loss = model.loss(tiny_batch())
+        loss.backward()
+        out[ratio] = (loss.detach(), model.item_emb.weight.grad.clone())
+    torch.testing.assert_close(out[0][0], out[10**6][0])
+    torch.testing.assert_close(out[0][1], out[10**6][1])
