@@ -137,10 +137,18 @@ def main(argv: list[str] | None = None) -> int:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
+        import dagster as dg
+
+        with dg.DagsterInstance.get():
+            pass  # create the instance's storage here: workers creating it at once race on the schema
         with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(run_partition, key, _threads_per_job(jobs)) for key in keys]
+            futures = {pool.submit(run_partition, key, _threads_per_job(jobs)): key for key in keys}
             for future in as_completed(futures):
-                report(future.result())
+                try:
+                    report(future.result())
+                except Exception as e:  # a worker that died is that dataset's failure, not the demo's
+                    report({"key": futures[future], "ok": False, "lines": [f"   FAILED: {type(e).__name__}: {e}"],
+                            "steps": {}})
     # each run refreshes the cross-dataset leaderboard; runs side by side could race, so once more here
     update_global_leaderboard(settings.paths(keys[0]).root)
     print(f"\nall {len(keys)} dataset(s) in {time.perf_counter() - began:.1f} s", flush=True)
