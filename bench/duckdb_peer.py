@@ -226,8 +226,9 @@ def run_child(engine: str, stage: str, *args: str) -> dict:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
         raise SystemExit(f"{engine} {stage} failed")
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
+    cpu = sum(float(re.search(rf"{kind} time \(seconds\): ([\d.]+)", proc.stderr).group(1)) for kind in ("User", "System"))
     print(f"    {engine}: {proc.stdout.strip().splitlines()[-1]}", flush=True)
-    return {"wall_s": wall, "peak_rss_gb": rss_kb / 1024**2}
+    return {"wall_s": wall, "peak_rss_gb": rss_kb / 1024**2, "cpu_s": cpu}
 
 
 def child(engine: str, stage: str, args: list[str]) -> None:
@@ -242,8 +243,11 @@ def child(engine: str, stage: str, args: list[str]) -> None:
 
 
 def row(name: str, r: dict[str, float], ours: dict[str, float]) -> str:
-    return (f"  {name:<24} {r['wall_s']:8.1f} s {r['peak_rss_gb']:7.2f} GB   "
-            f"{r['wall_s'] / ours['wall_s']:6.2f}x wall  {r['peak_rss_gb'] / ours['peak_rss_gb']:6.2f}x RSS")
+    """One engine's figures and its ratios to the pipeline's (CPU = user + system seconds, which a
+    busy machine inflates less than wall time)."""
+    return (f"  {name:<24} {r['wall_s']:8.1f} s {r['cpu_s']:8.1f} s {r['peak_rss_gb']:7.2f} GB   "
+            f"{r['wall_s'] / ours['wall_s']:6.2f}x wall {r['cpu_s'] / ours['cpu_s']:6.2f}x CPU "
+            f"{r['peak_rss_gb'] / ours['peak_rss_gb']:6.2f}x RSS")
 
 
 def main() -> int:
@@ -268,7 +272,7 @@ def main() -> int:
         print(f"ingest, {rows:,} rows (the same CSV for both):", flush=True)
         ours = run_child("pipeline", "ingest", str(csv.parent), str(a.work / "peer_ingest_pipeline"))
         duck = run_child("duckdb", "ingest", str(csv.parent), str(a.work / "peer_ingest_duckdb"))
-        print(f"  {'engine':<24} {'wall':>10} {'peak RSS':>10}   relative to the pipeline")
+        print(f"  {'engine':<24} {'wall':>10} {'CPU':>10} {'peak RSS':>10}   relative to the pipeline")
         print(row("pipeline (polars)", ours, ours))
         print(row("DuckDB SQL", duck, ours))
         results["ingest"] = {"pipeline": ours, "duckdb": duck}
@@ -294,7 +298,7 @@ def main() -> int:
         print(f"sequences, the events of {rows:,} rows (the same events parquet for both):", flush=True)
         ours = run_child("pipeline", "sequences", str(root))
         duck = run_child("duckdb", "sequences", str(root))
-        print(f"  {'engine':<24} {'wall':>10} {'peak RSS':>10}   relative to the pipeline")
+        print(f"  {'engine':<24} {'wall':>10} {'CPU':>10} {'peak RSS':>10}   relative to the pipeline")
         print(row("pipeline (polars+numpy)", ours, ours))
         print(row("DuckDB SQL", duck, ours))
         results["sequences"] = {"pipeline": ours, "duckdb": duck}

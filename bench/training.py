@@ -69,6 +69,7 @@ def shape_benchmark(users: int, items: int, max_len: int, device: str, rounds: i
     torch.manual_seed(0)
     init = SASRec(info, SASRecConfig(dropout=0.0)).state_dict()
     seconds = {"plain": 0.0, "fused": 0.0}
+    cpu = {"plain": 0.0, "fused": 0.0}  # process CPU time: a busy machine inflates it less than wall time
     losses: dict[str, list[float]] = {"plain": [], "fused": []}
     for r in range(rounds):
         for name, chunk in (("plain", 0), ("fused", chunk)) if r % 2 == 0 else (("fused", chunk), ("plain", 0)):
@@ -76,7 +77,7 @@ def shape_benchmark(users: int, items: int, max_len: int, device: str, rounds: i
             model.load_state_dict(init)
             model.to(dev).train()
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             for batch in iterate(arrays, 128, shuffle=True, seed=r, device=dev):
                 opt.zero_grad(set_to_none=True)
                 loss = model.loss(batch)
@@ -84,6 +85,7 @@ def shape_benchmark(users: int, items: int, max_len: int, device: str, rounds: i
                 opt.step()
                 losses[name].append(float(loss.detach()))
             seconds[name] += time.perf_counter() - t
+            cpu[name] += time.process_time() - c
     gap = max(abs(a - b) for a, b in zip(losses["plain"], losses["fused"]))
     out = {name: users * rounds / s for name, s in seconds.items()}
     print(f"SASRec full softmax, {users:,} random sequences x {items:,} items x max length {max_len}, batch 128, "
