@@ -8,7 +8,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export HF_HUB_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test install browser ui bench-ingest clean
+.PHONY: demo test install browser ui bench-ingest bench-duckdb clean
 
 demo: install
 	$(BIN)/python -m pipelines.demo
@@ -37,6 +37,11 @@ ui: install
 
 bench-ingest: install
 	$(BIN)/python bench/ingest_taobao.py
+
+# the pipeline against DuckDB (and pandas) on the same files; duckdb comes from the `bench` extra
+bench-duckdb: install
+	$(BIN)/pip install -qq --disable-pip-version-check -e '.[bench]'
+	$(BIN)/python bench/duckdb_peer.py
 
 clean:
 	rm -rf data/outputs data/generated $(VENV)

@@ -35,13 +35,24 @@ REQUIREMENTS = ["torch==2.13.0", "numpy<2", "setuptools<81", "scipy", "pandas<2.
                 "colorama==0.4.4", "scikit-learn", "pyyaml", "tensorboard", "thop", "tabulate", "plotly",
                 "texttable", "psutil"]
 
+# RecBole's own pipeline, step by step (its quick_start module imports ray, needed only for tuning)
 CHILD = textwrap.dedent("""
     import json, sys
-    from recbole.quick_start import run_recbole
-    config = json.loads(sys.argv[1])
-    result = run_recbole(model="SASRec", dataset=config.pop("dataset"), config_dict=config, saved=False)
-    print("RECBOLE_RESULT " + json.dumps({k: {m: float(v) for m, v in result[k].items()}
-                                           for k in ("best_valid_result", "test_result")}))
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, get_trainer, init_seed
+    cfg = json.loads(sys.argv[1])
+    config = Config(model="SASRec", dataset=cfg.pop("dataset"), config_dict=cfg)
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    _, best_valid = trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+    test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
+    print("RECBOLE_RESULT " + json.dumps({"best_valid_result": {m: float(v) for m, v in best_valid.items()},
+                                          "test_result": {m: float(v) for m, v in test.items()},
+                                          "test_examples": len(test_data.dataset)}))
 """)
 
 
@@ -52,7 +63,7 @@ def ensure_venv(venv: Path) -> Path:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
         subprocess.run([*pip, *REQUIREMENTS], check=True)
-        # ray is only needed for RecBole's hyper-parameter search, and pins an old release: leave it out
+        # ray is only needed for RecBole's hyper-parameter search (and pins an old release): left out
         subprocess.run([*pip, "--no-deps", "recbole==1.2.1"], check=True)
         (venv / ".ready").write_text("recbole==1.2.1\n")
     return python

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -17,69 +18,193 @@ from pipelines.registry import REPO_ROOT
 from pipelines.sequences.splits import default_protocol
 
 
+def _threads_per_job(jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(jobs, 1))
+
+
+def _limit_threads(n: int) -> None:
+    """Thread pools of the libraries a run uses, set before they are imported (worker processes)."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "POLARS_MAX_THREADS"):
+        os.environ[var] = str(n)
+
+
+def run_partition(key: str, threads: int | None = None) -> dict:
+    """Materialize every asset of one dataset partition in this process; returns what main prints."""
+    if threads:
+        _limit_threads(threads)
+    import dagster as dg
+
+    from pipelines.definitions import defs
+    from pipelines.resources import PipelineSettings
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    settings = PipelineSettings()
+    started = time.perf_counter()
+    with dg.DagsterInstance.get() as instance:
+        result = defs.resolve_job_def("materialize_all").execute_in_process(
+            partition_key=key, instance=instance, raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
+        stats = {s.step_key: (s.end_time or 0) - (s.start_time or 0) for s in instance.get_run_step_stats(result.run_id)}
+    if _interrupted(result):
+        return {"key": key, "ok": False, "interrupted": True, "lines": ["   interrupted"], "steps": stats}
+    checks = result.get_asset_check_evaluations()
+    bad_checks = [e.check_name for e in checks if not e.passed]
+    ok = result.success and not bad_checks
+    lines = [f"   {'ok' if ok else 'FAILED'} in {time.perf_counter() - started:.1f} s; "
+             f"checks passed {len(checks) - len(bad_checks)}/{len(checks)}"]
+    paths = settings.paths(key)
+    report_path = paths.ingest_report()
+    if report_path.is_file():
+        r = json.loads(report_path.read_text())
+        lines[0] += (f"; {r['rows_read']:,} rows read = {r['rows_kept']:,} kept + {r['rows_quarantined']:,} "
+                     f"quarantined + {r['duplicates_dropped']:,} duplicates; {r['users']:,} users, {r['items']:,} items")
+    audit_path = paths.leakage_audit()
+    if audit_path.is_file():
+        import polars as pl
+
+        protocol = default_protocol(settings.dataset(key))
+        a = pl.read_parquet(audit_path).filter((pl.col("protocol") == protocol) & (pl.col("k") == 10))
+        if a.height == 2:
+            before, after = (a.filter(pl.col("filter") == "off").row(0, named=True),
+                             a.filter(pl.col("filter") != "off").row(0, named=True))
+            lines.append(f"   leak ({protocol}, k=10): 'recent history' HR@10 {before['recent_hr']:.3f} unfiltered, "
+                         f"{after['recent_hr']:.3f} after filter '{after['filter']}'")
+    sid_path = paths.semantic_id_quality()
+    if sid_path.is_file():
+        q = json.loads(sid_path.read_text())
+        depth1 = q["quality"]["coherence"][0] if q["quality"]["coherence"] else {"ratio": float("nan")}
+        lines.append(f"   semantic IDs {'x'.join(map(str, q['sizes']))} ({q['method']}): collision rate before dedup "
+                     f"{q['quality']['collisions']['collision_rate']:.3f}; depth-1 coherence {depth1['ratio']:.1f}x random")
+    results = paths.evaluation_results()
+    if results.is_file():
+        import polars as pl
+
+        r = pl.read_parquet(results).filter(pl.col("target_behavior") == "all")
+        after = r.filter(pl.col("filter") != "off").sort("ndcg@10", descending=True)
+        lines.append("   test NDCG@10 (filtered): " + ", ".join(f"{m} {v:.4f}" for m, v in after.select("model", "ndcg@10").rows()))
+    if bad_checks:
+        lines.append(f"   failed checks: {bad_checks}")
+    return {"key": key, "ok": ok, "lines": lines, "steps": stats}
+
+
+def _interrupted(result) -> bool:
+    """Whether a run failed because it was interrupted (Ctrl-C / SIGTERM), not because a step failed."""
+    for event in result.all_events:
+        error = getattr(event.event_specific_data, "error", None)
+        while error is not None:
+            if error.cls_name in ("DagsterExecutionInterruptedError", "KeyboardInterrupt"):
+                return True
+            error = error.cause
+    return False
+
+
+class _Stop(Exception):
+    """SIGTERM or Ctrl-C: stop the demo, start no other dataset."""
+
+
+def _on_stop_signals(stop: dict[str, bool]) -> None:
+    """SIGTERM behaves like Ctrl-C: the workers are stopped (every stage publishes atomically, so
+    the last good outputs stay intact) and no other dataset starts."""
+    def handler(signum, frame):
+        stop["requested"] = True
+        raise _Stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def asset_time_table(step_seconds: dict[str, dict[str, float]]) -> str:
+    """Markdown table: seconds per asset (step) summed over datasets, its share, and the slowest dataset."""
+    per_step: dict[str, float] = {}
+    for steps in step_seconds.values():
+        for step, s in steps.items():
+            per_step[step] = per_step.get(step, 0.0) + s
+    total = sum(per_step.values()) or 1.0
+    rows = ["| asset (step) | seconds, all datasets | share | slowest dataset |", "|---|---|---|---|"]
+    for step, s in sorted(per_step.items(), key=lambda kv: -kv[1]):
+        worst = max(step_seconds, key=lambda k: step_seconds[k].get(step, 0.0))
+        rows.append(f"| {step} | {s:.1f} | {s / total:.0%} | {worst} ({step_seconds[worst][step]:.1f} s) |")
+    rows.append(f"| total (step time; the datasets ran side by side) | {total:.1f} | 100% | |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--datasets", nargs="*", help="registry datasets to materialize (default: all)")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="datasets materialized side by side, one worker process each (default 2)")
+    parser.add_argument("--timings", action="store_true", help="print seconds per asset from the run records")
     args = parser.parse_args(argv)
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".dagster_home"))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
 
-    import dagster as dg
-
     from assets.partitions import dataset_partitions
-    from pipelines.definitions import defs
     from pipelines.resources import PipelineSettings
+    from pipelines.training.stage import update_global_leaderboard
 
     keys = args.datasets or dataset_partitions.get_partition_keys()
-    job = defs.resolve_job_def("materialize_all")
     settings = PipelineSettings()
     failed = []
-    with dg.DagsterInstance.get() as instance:
-        for key in keys:
-            started = time.perf_counter()
-            print(f"== {key}: materializing every asset ...", flush=True)
-            result = job.execute_in_process(
-                partition_key=key, instance=instance, raise_on_error=False,
-                run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-            )
-            checks = result.get_asset_check_evaluations()
-            bad_checks = [e.check_name for e in checks if not e.passed]
-            ok = result.success and not bad_checks
-            if not ok:
-                failed.append(key)
-            report_path = settings.paths(key).stage_dir("ingest") / "ingest_report.json"
-            line = f"   {'ok' if ok else 'FAILED'} in {time.perf_counter() - started:.1f} s; checks passed {len(checks) - len(bad_checks)}/{len(checks)}"
-            if report_path.is_file():
-                r = json.loads(report_path.read_text())
-                line += (f"; {r['rows_read']:,} rows read = {r['rows_kept']:,} kept + {r['rows_quarantined']:,} "
-                         f"quarantined + {r['duplicates_dropped']:,} duplicates; {r['users']:,} users, {r['items']:,} items")
-            print(line)
-            audit_path = settings.paths(key).stage_dir("leakage") / "audit.parquet"
-            if audit_path.is_file():
-                import polars as pl
+    began = time.perf_counter()
+    jobs = max(1, min(args.jobs, len(keys)))
+    print(f"materializing every asset of {len(keys)} dataset(s), {jobs} side by side ...", flush=True)
+    done: dict[str, dict] = {}
 
-                protocol = default_protocol(settings.dataset(key))
-                a = pl.read_parquet(audit_path).filter((pl.col("protocol") == protocol) & (pl.col("k") == 10))
-                if a.height == 2:
-                    before, after = (a.filter(pl.col("filter") == "off").row(0, named=True),
-                                     a.filter(pl.col("filter") != "off").row(0, named=True))
-                    print(f"   leak ({protocol}, k=10): 'recent history' HR@10 {before['recent_hr']:.3f} unfiltered, "
-                          f"{after['recent_hr']:.3f} after filter '{after['filter']}'")
-            sid_path = settings.paths(key).stage_dir("semantic_ids") / "quality.json"
-            if sid_path.is_file():
-                q = json.loads(sid_path.read_text())
-                depth1 = q["quality"]["coherence"][0] if q["quality"]["coherence"] else {"ratio": float("nan")}
-                print(f"   semantic IDs {'x'.join(map(str, q['sizes']))} ({q['method']}): collision rate before dedup "
-                      f"{q['quality']['collisions']['collision_rate']:.3f}; depth-1 coherence {depth1['ratio']:.1f}x random")
-            results = settings.paths(key).stage_dir("evaluation") / "results.parquet"
-            if results.is_file():
-                import polars as pl
+    stop = {"requested": False}
+    _on_stop_signals(stop)
 
-                r = pl.read_parquet(results).filter(pl.col("target_behavior") == "all")
-                after = r.filter(pl.col("filter") != "off").sort("ndcg@10", descending=True)
-                print("   test NDCG@10 (filtered): " + ", ".join(f"{m} {v:.4f}" for m, v in after.select("model", "ndcg@10").rows()))
-            if bad_checks:
-                print(f"   failed checks: {bad_checks}")
+    def report(out: dict) -> None:
+        if out.get("interrupted"):
+            stop["requested"] = True
+            return
+        done[out["key"]] = out
+        print(f"== {out['key']}", flush=True)
+        print("\n".join(out["lines"]), flush=True)
+        if not out["ok"]:
+            failed.append(out["key"])
+
+    # every dataset runs in a worker process: an interruption stops workers, never half a stage in here
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import dagster as dg
+
+    with dg.DagsterInstance.get():
+        pass  # create the instance's storage here: workers creating it at once race on the schema
+    pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"))
+    try:
+        futures = {pool.submit(run_partition, key, _threads_per_job(jobs)): key for key in keys}
+        for future in as_completed(futures):
+            if stop["requested"]:
+                raise _Stop()
+            try:
+                report(future.result())
+            except Exception as e:  # a worker that died is that dataset's failure, not the demo's
+                report({"key": futures[future], "ok": False, "lines": [f"   FAILED: {type(e).__name__}: {e}"],
+                        "steps": {}})
+    except _Stop:
+        stop["requested"] = True
+        pool.shutdown(wait=False, cancel_futures=True)
+        for child in mp.active_children():  # their stages publish atomically: outputs stay whole
+            child.terminate()
+        for child in mp.active_children():
+            child.join(timeout=30)
+    finally:
+        pool.shutdown(wait=not stop["requested"], cancel_futures=stop["requested"])
+    if stop["requested"]:
+        print(f"\ninterrupted: stopped after {len(done)} of {len(keys)} dataset(s); no other dataset was started. "
+              "Every stage publishes atomically, so the outputs of the last good runs are intact.", file=sys.stderr)
+        return 130
+    # each run refreshes the cross-dataset leaderboard; runs side by side could race, so once more here
+    update_global_leaderboard(settings.paths(keys[0]).root)
+    print(f"\nall {len(keys)} dataset(s) in {time.perf_counter() - began:.1f} s", flush=True)
+    if args.timings:
+        print("\nSeconds per asset (from the Dagster run records):")
+        print(asset_time_table({k: done[k]["steps"] for k in keys if k in done}))
     root = settings.paths(keys[0]).root
     print("\nOutputs:")
     print(f"  tables and reports  {root / 'outputs'}/<dataset>/<stage>/")

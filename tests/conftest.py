@@ -1,12 +1,22 @@
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import polars as pl
-import pytest
+# Under pytest-xdist the workers share the cores: size each worker's thread pools (torch's OpenMP,
+# MKL, polars) so that workers x threads <= cores. Oversubscribed OpenMP pools wait on each other's
+# descheduled threads and run small ops many times slower. Set before torch or polars is imported.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "POLARS_MAX_THREADS"):
+        os.environ.setdefault(_var, _threads)
 
-from pipelines.ingest.core import ingest_dataset
-from pipelines.registry import DatasetConfig, load_registry
+from pathlib import Path  # noqa: E402
+
+import polars as pl  # noqa: E402
+import pytest  # noqa: E402
+
+from pipelines.ingest.core import ingest_dataset  # noqa: E402
+from pipelines.registry import DatasetConfig, load_registry  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -65,9 +75,26 @@ def materialize_project(dataset: str, root: Path, training: dict | None = None) 
     return root / "outputs" / dataset
 
 
+def shared_once(tmp_path_factory, name: str, build) -> Path:
+    """A directory ``build(root)`` fills once per test session, shared by the pytest-xdist workers
+    (they have separate processes and temp dirs; a file lock under their common parent decides who
+    builds, the others wait and reuse). Without xdist it is a plain session-scoped temp dir."""
+    from filelock import FileLock
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        root = tmp_path_factory.mktemp(name)
+        build(root)
+        return root
+    shared = tmp_path_factory.getbasetemp().parent / f"shared_{name}"
+    with FileLock(str(shared) + ".lock"):
+        if not (shared / ".done").is_file():
+            shared.mkdir(exist_ok=True)
+            build(shared)
+            (shared / ".done").touch()
+    return shared
+
+
 @pytest.fixture(scope="session")
 def kuaisar_project(tmp_path_factory) -> Path:
     """Generated KuaiSAR through the whole job, once per session (read-only: copy before changing)."""
-    root = tmp_path_factory.mktemp("kuaisar_project")
-    materialize_project("kuaisar", root)
-    return root
+    return shared_once(tmp_path_factory, "kuaisar_project", lambda root: materialize_project("kuaisar", root))

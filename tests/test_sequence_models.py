@@ -316,3 +316,62 @@ def test_sasrec_sampled_softmax_with_every_item_falls_back_to_the_full_softmax()
     all_items = SASRec(INFO, SASRecConfig(hidden=32, dropout=0.0, negatives=N_ITEMS))
     batch = tiny_batch()
     assert torch.allclose(full.loss(batch), all_items.loss(batch))
+
+
+def test_fused_full_softmax_matches_plain_cross_entropy():
+    """The chunked, fused softmax gives the same loss and gradients as F.cross_entropy over full logits."""
+    from pipelines.training.models.layers import full_softmax_cross_entropy
+
+    torch.manual_seed(0)
+    h = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 50, (37,))
+    plain = torch.nn.functional.cross_entropy(h @ w.T, target, reduction="sum")
+    (gh, gw) = torch.autograd.grad(plain * 1.7, (h, w))
+    for chunk in (1, 5, 37, 64):
+        fused = full_softmax_cross_entropy(h, w, target, chunk)
+        (fh, fw) = torch.autograd.grad(fused * 1.7, (h, w))
+        torch.testing.assert_close(fused, plain)
+        torch.testing.assert_close(fh, gh)
+        torch.testing.assert_close(fw, gw)
+    empty = full_softmax_cross_entropy(h[:0], w, target[:0])
+    assert float(empty.detach()) == 0.0
+
+
+def test_sasrec_fused_softmax_trains_like_the_plain_path():
+    """Same seed, same batches: the default (fused) and plain full-softmax SASRec reach the same weights.
+    (SGD, not Adam: Adam rescales gradients that are zero up to rounding, e.g. the attention key bias's,
+    into full-size steps, which would compare rounding noise.)"""
+    batch = tiny_batch()
+    states = {}
+    for chunk in (0, 32, 3):
+        torch.manual_seed(0)
+        model = SASRec(INFO, SASRecConfig(hidden=32, dropout=0.0, softmax_chunk=chunk))
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        losses = []
+        for _ in range(5):
+            opt.zero_grad()
+            loss = model.loss(batch)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        states[chunk] = (losses, model.state_dict())
+    for chunk in (32, 3):
+        np.testing.assert_allclose(states[chunk][0], states[0][0], rtol=1e-5)
+        for key, value in states[0][1].items():
+            torch.testing.assert_close(states[chunk][1][key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_behavior_set_candidate_logits_same_by_matmul_or_gather():
+    """Small catalogues score candidates through one matmul over every item, large ones gather the
+    candidates' embeddings: the same losses and gradients either way."""
+    out = {}
+    for ratio in (10**6, 0):
+        model = build("behavior_set")
+        model.full_logits_ratio = ratio
+        model.reset_sampler()
+        loss = model.loss(tiny_batch())
+        loss.backward()
+        out[ratio] = (loss.detach(), model.item_emb.weight.grad.clone())
+    torch.testing.assert_close(out[0][0], out[10**6][0])
+    torch.testing.assert_close(out[0][1], out[10**6][1])

@@ -130,3 +130,52 @@ class TransformerEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, allowed, bias)
         return self.ln_final(x)
+
+
+class _ChunkedSoftmaxCE(torch.autograd.Function):
+    """Summed full-softmax cross-entropy of ``h @ weight.T`` against ``target``, in row chunks.
+
+    The loss is a scalar, so its gradient is known once the softmax is: each chunk's logits are
+    computed, turned into ``softmax - onehot`` in place and multiplied straight into the gradients of
+    ``h`` and ``weight``. Peak extra memory is one [chunk, n_items] buffer instead of several
+    [N, n_items] tensors (logits, log-softmax, their gradients), which on a CPU spends most of its
+    time allocating and streaming memory. Same maths as ``F.cross_entropy(h @ weight.T, target,
+    reduction="sum")``; only the summation order differs (float tolerance).
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, chunk: int) -> torch.Tensor:
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(h) if need_grad else None
+        grad_w = torch.zeros_like(weight) if need_grad else None
+        total = torch.zeros((), dtype=torch.float64, device=h.device)
+        for start in range(0, h.shape[0], chunk):
+            hc, tc = h[start:start + chunk], target[start:start + chunk]
+            logits = hc @ weight.T  # [c, n_items]
+            picked = logits.gather(1, tc[:, None]).squeeze(1)
+            top = logits.amax(1, keepdim=True)
+            logits.sub_(top).exp_()
+            norm = logits.sum(1, keepdim=True)
+            total += (norm.log().squeeze(1) + top.squeeze(1) - picked).sum(dtype=torch.float64)
+            if need_grad:
+                logits.div_(norm)  # softmax
+                logits[torch.arange(len(tc), device=h.device), tc] -= 1  # d loss / d logits
+                torch.mm(logits, weight, out=grad_h[start:start + chunk])
+                grad_w.addmm_(logits.T, hc)
+        if need_grad:
+            ctx.save_for_backward(grad_h, grad_w)
+        return total.to(h.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_out, grad_w * grad_out, None, None
+
+
+def full_softmax_cross_entropy(h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                               chunk: int = 32) -> torch.Tensor:
+    """``F.cross_entropy(h @ weight.T, target, reduction="sum")`` for h [N, D], weight [V, D],
+    target [N] in [0, V), without materializing the [N, V] logits (see ``_ChunkedSoftmaxCE``)."""
+    if h.shape[0] == 0:
+        return (h.sum() + weight.sum()) * 0.0
+    return _ChunkedSoftmaxCE.apply(h, weight, target, chunk)

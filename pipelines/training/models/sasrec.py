@@ -7,7 +7,9 @@ scores are dot products with the (tied) item embeddings. Behaviors are ignored.
 Training follows the paper's "predict the next item at every position" objective, with a full
 softmax over all items instead of the paper's one sampled negative (the stronger, common choice for
 full-ranking evaluation): the input is the history window, the labels are the same window shifted by
-one step with the target appended, and positions whose input is padding carry no loss. For large
+one step with the target appended, and positions whose input is padding carry no loss. Logits exist
+only at positions that carry a label, and the softmax runs fused over chunks of them
+(``layers.full_softmax_cross_entropy``; ``softmax_chunk = 0`` is the plain ``F.cross_entropy`` path). For large
 catalogues on CPU, ``negatives = n`` replaces the full softmax by a sampled one: the positive against
 n uniformly drawn items shared by the batch (a draw equal to the positive is masked out).
 """
@@ -21,7 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipelines.training.models.base import Batch, DatasetInfo, Recommender
-from pipelines.training.models.layers import TransformerEncoder, next_in_sequence, right_aligned_positions
+from pipelines.training.models.layers import (
+    TransformerEncoder,
+    full_softmax_cross_entropy,
+    next_in_sequence,
+    right_aligned_positions,
+)
 
 
 @dataclass
@@ -31,6 +38,7 @@ class SASRecConfig:
     heads: int = 1
     dropout: float = 0.2
     negatives: int = 0  # 0: full softmax over all items; n > 0: sampled softmax over n shared uniform negatives
+    softmax_chunk: int = 32  # full softmax in chunks of this many positions (fused); 0: plain F.cross_entropy
 
 
 def next_item_labels(items: torch.Tensor, target_items: torch.Tensor) -> torch.Tensor:
@@ -73,8 +81,11 @@ class SASRec(Recommender):
         target = labels[real] - 1
         if 0 < self.cfg.negatives < self.info.n_items:
             return self._sampled_loss(h[real], target)
-        logits = self.item_logits(h[real])  # only real positions: [N, n_items]
-        losses = F.cross_entropy(logits, target, reduction="sum")
+        if self.cfg.softmax_chunk > 0:  # same loss and gradients, without the [N, n_items] tensors
+            losses = full_softmax_cross_entropy(h[real], self.item_emb.weight[1:], target, self.cfg.softmax_chunk)
+        else:
+            logits = self.item_logits(h[real])  # only real positions: [N, n_items]
+            losses = F.cross_entropy(logits, target, reduction="sum")
         return losses / real.sum().clamp(min=1)
 
     def _sampled_loss(self, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
