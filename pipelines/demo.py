@@ -192,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         for child in mp.active_children():  # their stages publish atomically: outputs stay whole
             child.terminate()
         for child in mp.active_children():
-            child.join(timeout=30)
+            child.join(timeout=10)
+            if child.is_alive():  # Dagster turns SIGTERM into a graceful interruption: do not wait on it
+                child.kill()
+                child.join()
     finally:
         pool.shutdown(wait=not stop["requested"], cancel_futures=stop["requested"])
     if stop["requested"]:

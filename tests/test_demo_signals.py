@@ -22,13 +22,18 @@ def test_sigterm_stops_the_demo_and_starts_no_other_dataset(tmp_path, jobs):
     datasets = ["taobao", "tmall", "retailrocket"][: jobs + 1]  # one more than run at once
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.demo", "--jobs", str(jobs), "--datasets", *datasets],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while not (tmp_path / "data" / "generated" / datasets[0]).exists():  # the first dataset is under way
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.2)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=180)
+    try:
+        deadline = time.monotonic() + 180
+        while not (tmp_path / "data" / "generated" / datasets[0]).exists():  # the first dataset is under way
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, (out, err)
     assert "interrupted: stopped" in err
     assert not (tmp_path / "data" / "generated" / datasets[-1]).exists()  # never started
