@@ -114,12 +114,33 @@ def assign_residual(cb: Codebooks, x: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 # unique residual k-means ---------------------------------------------------------------------------
 
+def _row_hash(bits: np.ndarray, seed: int) -> np.ndarray:
+    """A 64-bit hash per row of a uint32 matrix (wrapping uint64 arithmetic), in chunks."""
+    mult = np.random.default_rng(seed).integers(1, 2**63, size=bits.shape[1], dtype=np.uint64) | np.uint64(1)
+    h = np.zeros(len(bits), dtype=np.uint64)
+    for lo in range(0, len(bits), CHUNK_ROWS):
+        b = bits[lo:lo + CHUNK_ROWS].astype(np.uint64)
+        b *= mult
+        b ^= b >> np.uint64(29)
+        h[lo:lo + CHUNK_ROWS] = b.sum(axis=1, dtype=np.uint64)
+    return h
+
+
 def distinct_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(index of each distinct row's first occurrence [u], distinct-row id of every row [n]), rows compared
-    bit for bit; distinct rows are in byte order (deterministic)."""
+    """(index of each distinct row's first occurrence [u], distinct-row id of every row [n]); rows are
+    compared bit for bit. Rows are grouped by a hash of their first 8 values (then of all values, then
+    by sorting their bytes, each only if the previous one put unequal rows together). Deterministic."""
     x = _f32(x)
-    if len(x) == 0:
+    n = len(x)
+    if n == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    bits = x.view(np.uint32)
+    for key in (lambda: _row_hash(np.ascontiguousarray(bits[:, :8]), 1), lambda: _row_hash(bits, 2)):
+        _, first, inverse = np.unique(key(), return_index=True, return_inverse=True)
+        inverse = inverse.reshape(-1).astype(np.int64)
+        if all(np.array_equal(bits[lo:lo + CHUNK_ROWS], bits[first[inverse[lo:lo + CHUNK_ROWS]]])
+               for lo in range(0, n, CHUNK_ROWS)):
+            return first.astype(np.int64), inverse
     rows = x.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel()
     _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
     return first.astype(np.int64), inverse.reshape(-1).astype(np.int64)
@@ -186,7 +207,7 @@ def grouped_balanced_assign(dist: np.ndarray, group: np.ndarray, capacity: np.nd
     return labels
 
 
-PRICE_SAMPLE = 65_536  # residuals the per-code prices are fitted on (seeded sample)
+PRICE_SAMPLE = 32_768  # residuals the per-code prices are fitted on (seeded sample)
 PRICE_ITERS = 40
 
 
@@ -230,11 +251,9 @@ def _below(codes: int, levels: int, level: int) -> int:
     return int(min(codes ** (levels - 1 - level), 2 ** 40))
 
 
-def _group_ids(codes: np.ndarray) -> np.ndarray:
-    """Dense id of each row's prefix (rows with equal prefixes get equal ids)."""
-    if codes.shape[1] == 0:
-        return np.zeros(len(codes), dtype=np.int64)
-    return np.unique(codes, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+def _child_groups(group: np.ndarray, labels: np.ndarray, codes: int) -> np.ndarray:
+    """Dense ids of the prefixes one level down (``group`` dense, so ``group * codes + label`` fits int64)."""
+    return np.unique(group * codes + labels, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
 def _capacity_level(residual: np.ndarray, centroids: np.ndarray, prices: np.ndarray, group: np.ndarray,
@@ -264,16 +283,17 @@ def _capacity_level(residual: np.ndarray, centroids: np.ndarray, prices: np.ndar
 
 
 def train_unique(x: np.ndarray, levels: int, codes: int, *, niter: int, seed: int,
-                 points_per_code: int = POINTS_PER_CODE) -> Codebooks:
+                 points_per_code: int = POINTS_PER_CODE) -> tuple[Codebooks, np.ndarray]:
     """Centroids and prices of ``residual_unique``. k-means sees every row (duplicates weigh as often as
     they occur, as in ``residual_kmeans``); capacities and prices count distinct rows."""
     first, inverse = distinct_rows(x)
     xu = _f32(x)[first]
     residual = xu.copy()
     prefix = np.zeros((len(xu), 0), dtype=np.int64)
+    group = np.zeros(len(xu), dtype=np.int64)  # dense id of each distinct row's prefix
     books, prices = [], []
     for level in range(levels):
-        rows = residual if len(first) == len(inverse) else residual[inverse]
+        rows = _f32(x) if level == 0 else residual if len(first) == len(inverse) else residual[inverse]
         c = kmeans(rows, codes, niter=niter, seed=seed + level, points_per_code=points_per_code)
         del rows
         # level 1 stays plain k-means (nearest centroid): pricing it evens the codes out but splits topics
@@ -282,13 +302,15 @@ def train_unique(x: np.ndarray, levels: int, codes: int, *, niter: int, seed: in
         if level == 0:
             lab = priced_nearest(residual, c, p)
         else:
-            lab = _capacity_level(residual, c, p, _group_ids(prefix), CHUNK_ROWS, _below(codes, levels, level))
+            lab = _capacity_level(residual, c, p, group, CHUNK_ROWS, _below(codes, levels, level))
         residual -= c[lab]
         prefix = np.concatenate([prefix, lab[:, None]], axis=1)
+        group = _child_groups(group, lab, codes)
         books.append(c)
         prices.append(p)
-    return Codebooks("residual_unique", {"centroids": np.stack(books), "prices": np.stack(prices),
-                                         "sizes": np.full(levels, codes)})
+    cb = Codebooks("residual_unique", {"centroids": np.stack(books), "prices": np.stack(prices),
+                                       "sizes": np.full(levels, codes)})
+    return cb, prefix[inverse].astype(np.int32)  # = assign_unique(cb, x): the same steps on the same rows
 
 
 CHUNK_ROWS = 131_072  # rows per distance block in capacity assignment (~130 MB at 256 codes)
@@ -303,14 +325,15 @@ def assign_unique(cb: Codebooks, x: np.ndarray) -> np.ndarray:
     first, inverse = distinct_rows(x)
     residual = _f32(x)[first].copy()
     labels = np.zeros((len(first), len(centroids)), dtype=np.int64)
+    group = np.zeros(len(first), dtype=np.int64)
     for level, (c, p) in enumerate(zip(centroids, prices, strict=True)):
         if level == 0:
             lab = priced_nearest(residual, c, p)
         else:
-            lab = _capacity_level(residual, c, p, _group_ids(labels[:, :level]), CHUNK_ROWS,
-                                  _below(len(c), len(centroids), level))
+            lab = _capacity_level(residual, c, p, group, CHUNK_ROWS, _below(len(c), len(centroids), level))
         labels[:, level] = lab
         residual -= c[lab]
+        group = _child_groups(group, lab, len(c))
     return labels[inverse].astype(np.int32)
 
 
@@ -327,8 +350,7 @@ def assign_priced(cb: Codebooks, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 def _train_unique_codes(x: np.ndarray, *, levels: int, codes: int, subspaces: int, niter: int, seed: int,
                         points_per_code: int) -> tuple[Codebooks, np.ndarray]:
-    cb = train_unique(x, levels, codes, niter=niter, seed=seed, points_per_code=points_per_code)
-    return cb, assign_unique(cb, x)
+    return train_unique(x, levels, codes, niter=niter, seed=seed, points_per_code=points_per_code)
 
 
 # balanced hierarchical k-means ---------------------------------------------------------------------
