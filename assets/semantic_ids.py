@@ -55,8 +55,8 @@ def item_embeddings(context: dg.AssetExecutionContext, settings: PipelineSetting
 
 
 @dg.asset(deps=[item_embeddings], partitions_def=dataset_partitions, group_name=GROUP, kinds={"faiss", "parquet"},
-          description="Semantic IDs from frozen codebooks trained on training-split items (residual k-means "
-                      "3x256 + dedup by default); stable across refreshes; quality report in metadata and "
+          description="Semantic IDs from frozen codebooks trained on training-split items (unique residual "
+                      "k-means 3x256 + dedup by default: tuples collide only where vectors are identical); stable across refreshes; quality report in metadata and "
                       "semantic_ids/quality_report.md.")
 def semantic_ids(context: dg.AssetExecutionContext, settings: PipelineSettings,
                  config: SemanticIdRunConfig) -> dg.MaterializeResult:
@@ -71,6 +71,9 @@ def semantic_ids(context: dg.AssetExecutionContext, settings: PipelineSettings,
         "method": report["method"], "sizes": str(report["sizes"]), "items": report["items"],
         "training_items": report["training_items"],
         "collision_rate_before_dedup": q["collisions"]["collision_rate"],
+        "collision_floor": q["floor"]["floor"],
+        "excess_collision_rate": q["collisions"]["excess_collision_rate"],
+        **({"text_floor": q["floor"]["text_floor"]} if "text_floor" in q["floor"] else {}),
         "largest_collision_group": q["collisions"]["largest_group"],
         "relative_mse": q["reconstruction"]["relative_mse"],
         "coherence_depth1_ratio": depth1.get("ratio", 0.0),
@@ -114,14 +117,16 @@ def item_embeddings_contract(context: dg.AssetCheckExecutionContext, settings: P
 
 @dg.asset_check(asset=semantic_ids, blocking=True, partitions_def=dataset_partitions,
                 description="pandera SemanticIds; every item has exactly one SID, SIDs unique after dedup, every "
-                            "level's code utilization above stages.semantic_ids.min_utilization.")
+                            "level's code utilization above stages.semantic_ids.min_utilization, and (when set) the "
+                            "collision rate at most stages.semantic_ids.max_excess_collisions above the "
+                            "identical-vector floor.")
 def semantic_ids_contract(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
     paths, out = _paths(context, settings)
     r = validate_parquet(out / "semantic_ids.parquet", SemanticIds)
     if r.passed:
         opts = SemanticIdOptions.of(settings.dataset(context.partition_key))
         r = sid_consistency(out / "semantic_ids.parquet", paths.stage_dir("ingest") / "item_id_map.parquet",
-                            out / "quality.json", opts.min_utilization)
+                            out / "quality.json", opts.min_utilization, opts.max_excess_collisions)
     return check_result(r)
 
 

@@ -133,7 +133,9 @@ def sections(cfg: DatasetConfig, paths: DatasetPaths, checks: list[dict[str, obj
         col = q["quality"]["collisions"]
         parts = [("p", f"Method `{q['method']}`, codes per level {q['sizes']}; {q['items']:,} items, codebooks trained on "
                        f"{q['training_items']:,} training items; refresh {q['refresh']['mode']} ({q['refresh']['reason']}). "
-                       f"Collision rate before dedup {col['collision_rate']:.4f}, largest group {col['largest_group']}; "
+                       f"Collision rate before dedup {col['collision_rate']:.4f}"
+                       + (f" (floor of identical vectors {col['floor']:.4f}, excess {col['excess_collision_rate']:.4f})"
+                          if "floor" in col else "") + f", largest group {col['largest_group']}; "
                        f"relative reconstruction error {q['quality']['reconstruction']['relative_mse']:.4f}."),
                  ("table", pl.DataFrame(q["quality"]["levels"]).with_columns(pl.col(pl.Float64).round(4)))]
         if q["quality"]["coherence"]:

@@ -78,7 +78,8 @@ def run_partition(key: str, threads: int | None = None) -> dict:
         q = json.loads(sid_path.read_text())
         depth1 = q["quality"]["coherence"][0] if q["quality"]["coherence"] else {"ratio": float("nan")}
         lines.append(f"   semantic IDs {'x'.join(map(str, q['sizes']))} ({q['method']}): collision rate before dedup "
-                     f"{q['quality']['collisions']['collision_rate']:.3f}; depth-1 coherence {depth1['ratio']:.1f}x random")
+                     f"{q['quality']['collisions']['collision_rate']:.3f} (floor of identical vectors "
+                     f"{q['quality']['collisions'].get('floor', float('nan')):.3f}); depth-1 coherence {depth1['ratio']:.1f}x random")
     results = paths.evaluation_results()
     if results.is_file():
         import polars as pl

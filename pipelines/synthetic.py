@@ -741,8 +741,20 @@ def _kuaisar_items(world: _World, spec: SyntheticSpec, files: _AtomicFiles) -> N
         # (topic, word) -> word string: a lookup over the few distinct pairs, not over items.
         uniq, inv = np.unique(topic * 5 + word_idx, return_inverse=True)
         word_of = pl.Series([world.topic_words[int(p) // 5][int(p) % 5] for p in uniq]).gather(inv.ravel())
-        lvl3 = pl.select(pl.when(pl.Series(has3)).then(lvl2 + " " + word_of).otherwise(pl.lit("empty"))).to_series()
+        # Real catalogues list a name's parts in either order ("Food, Coffee & Tea" / "Coffee & Tea, Food"):
+        # third-level names are "<category>, <word>" or "<word>, <category>", one id for both orders.
+        flip = pl.Series(rng.random(n) < 0.5)
+        lvl3 = pl.select(pl.when(~pl.Series(has3)).then(pl.lit("empty")).when(flip).then(word_of + ", " + lvl2)
+                         .otherwise(lvl2 + ", " + word_of)).to_series()
         lvl3_id = np.where(has3, 10_000 + cat * 8 + word_idx, 0)
+        # Repost chains: some items copy the caption and categories of their topic's first item in the
+        # chunk verbatim, so item texts repeat exactly (the collision floor of text-based IDs).
+        repost = rng.random(n) < 0.08
+        heads = np.zeros(world.n_topics, dtype=np.int64)
+        topics_here, first_pos = np.unique(topic, return_index=True)
+        heads[topics_here] = first_pos
+        src = np.where(repost, heads[topic], np.arange(n))
+        caption, lvl2, lvl3, lvl3_id, cat = caption.gather(src), lvl2.gather(src), lvl3.gather(src), lvl3_id[src], cat[src]
         df = pl.DataFrame({
             "item_id": _spread(idx, spec.items, spec, 1),
             "caption": caption,

@@ -27,9 +27,11 @@ def embeddings_consistency(embeddings: Path, item_id_map: Path) -> ContractResul
     return ContractResult(not problems, "embeddings_consistency", emb.height, emb.height, msg)
 
 
-def sid_consistency(semantic_ids: Path, item_id_map: Path, quality_json: Path, min_utilization: float) -> ContractResult:
+def sid_consistency(semantic_ids: Path, item_id_map: Path, quality_json: Path, min_utilization: float,
+                    max_excess_collisions: float | None = None) -> ContractResult:
     """Every item has exactly one SID; SIDs are unique (with the dedup level); every level uses at
-    least ``min_utilization`` of its codes."""
+    least ``min_utilization`` of its codes; when ``max_excess_collisions`` is set, the collision rate
+    before dedup exceeds the identical-vector floor by at most that much."""
     table = pl.read_parquet(semantic_ids)
     ids = pl.read_parquet(item_id_map, columns=[c.ITEM_ID])
     report = json.loads(quality_json.read_text())
@@ -50,6 +52,14 @@ def sid_consistency(semantic_ids: Path, item_id_map: Path, quality_json: Path, m
     if low:
         problems.append(f"code utilization below the floor {min_utilization}: {', '.join(low)} "
                         "(fewer codes per level, or more training items)")
+    col = report["quality"]["collisions"]
+    excess = col.get("excess_collision_rate")
+    if max_excess_collisions is not None and (excess is None or excess > max_excess_collisions):
+        problems.append("no floor in the quality report (rebuild the semantic IDs)" if excess is None else
+                        f"collision rate before dedup {col['collision_rate']:.4f} exceeds the identical-vector floor "
+                        f"{col['floor']:.4f} by {excess:.4f} > max_excess_collisions {max_excess_collisions} "
+                        "(method residual_unique assigns at the floor)")
+    bound = f"; excess over the floor {excess:.4f} <= {max_excess_collisions}" if max_excess_collisions is not None else ""
     msg = "; ".join(problems) or (f"{table.height:,} items, one unique SID each; utilization >= {min_utilization} "
-                                  "on every level")
+                                  f"on every level{bound}")
     return ContractResult(not problems, "sid_consistency", table.height, table.height, msg)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipelines.registry import DatasetConfig, stage_options
 
@@ -40,11 +40,17 @@ class SemanticIdOptions(BaseModel):
         "Item text: ' | '-separated segments with {column} placeholders over item_side_info; a segment "
         "whose placeholders are all missing is dropped; items with no segment left get the fallback "
         "'item {raw_item_id}'."))
+    text_unordered_columns: list[str] = Field(default_factory=list, description=(
+        "side-info columns holding comma-separated lists whose order means nothing (e.g. categories): their "
+        "parts are sorted before filling the template, so 'Food, Coffee & Tea' and 'Coffee & Tea, Food' give one "
+        "text (and one vector). Default: none; texts are kept as written."))
     source: Literal["text", "collaborative", "text+collaborative"] = Field(
         default="text", description="What the quantizer sees: text embeddings, collaborative SVD, or both concatenated.")
     embedding: EmbeddingOptions = EmbeddingOptions()
     collaborative: CollaborativeOptions = CollaborativeOptions()
-    method: Literal["residual_kmeans", "balanced_kmeans", "pq", "opq"] = "residual_kmeans"
+    method: str = Field(default="residual_unique", description=(
+        "Builder: residual_unique (residual k-means, deeper levels priced and capacity-assigned so that tuples "
+        "collide only where vectors are identical), residual_kmeans (greedy RQ), balanced_kmeans, pq, opq."))
     levels: int = Field(default=3, ge=1, le=26, description="Residual k-means levels / hierarchy depth (0 = auto for balanced).")
     codes: int = Field(default=256, ge=2, description="Codes per level (branching factor for balanced k-means).")
     subspaces: int = Field(default=16, ge=1, description="pq / opq: number of parallel codes (must divide the dimension).")
@@ -57,11 +63,23 @@ class SemanticIdOptions(BaseModel):
         "Codebooks are trained on this split's training items (default: `released` for split-file datasets, "
         "`leave_one_out` otherwise)."))
     min_utilization: float = Field(default=0.2, ge=0, le=1, description="Blocking check: every level uses at least this share of its codes.")
+    max_excess_collisions: float | None = Field(default=None, ge=0, le=1, description=(
+        "Blocking check (when set): the collision rate before dedup exceeds the identical-vector floor by at "
+        "most this much (e.g. 0.005 = half a point)."))
     coherence_neighbours: int = Field(default=10, ge=1)
     coherence_sample: int = Field(default=2000, ge=1, description="Items whose neighbours are searched (exactly) for coherence.")
     refresh: Literal["incremental", "full"] = Field(default="incremental", description=(
         "incremental: keep every known item's SID and assign new items with the frozen codebooks; "
         "full: retrain and reassign everything."))
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from pipelines.semantic_ids.quantizers import BUILDERS
+
+        if v not in BUILDERS:
+            raise ValueError(f"unknown semantic-ID method {v!r}; one of {sorted(BUILDERS)}")
+        return v
 
     @classmethod
     def of(cls, cfg: DatasetConfig) -> "SemanticIdOptions":
@@ -73,4 +91,5 @@ class SemanticIdOptions(BaseModel):
 
     def build_key(self) -> dict[str, object]:
         """What the codebooks depend on; a change forces a full rebuild."""
-        return self.model_dump(exclude={"min_utilization", "coherence_neighbours", "coherence_sample", "refresh"})
+        return self.model_dump(exclude={"min_utilization", "max_excess_collisions", "coherence_neighbours",
+                                        "coherence_sample", "refresh"})

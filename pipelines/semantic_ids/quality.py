@@ -3,6 +3,11 @@
 All entropies are in nats. Formulas (n_k = items with code k at a level, p_k = n_k / N):
 - collision rate = 1 − (distinct tuples) / N, over the semantic levels (before the dedup level);
   collided share = items in a tuple shared with another item / N; largest group = max items per tuple;
+- floor = 1 − (distinct vectors) / N: items whose vector equals another's (bit for bit) must share a
+  tuple, so no builder collides less; excess = collision rate − floor (the avoidable part). With item
+  texts, the text floor 1 − (distinct texts) / N and the share of items whose text another item
+  has too are reported beside it (the vector floor is lower when collaborative vectors tell
+  identical texts apart);
 - utilization_l = (codes used) / K_l; entropy H_l = −Σ p_k ln p_k; perplexity = e^{H_l};
   normalized entropy = H_l / ln K_l; balance_l = K_l · Σ n_k² / N² (1 = perfectly even, K_l = one code);
 - conditional entropy H(c_l | c_<l) = H(c_1..c_l) − H(c_1..c_{l−1}) (how much a level adds);
@@ -13,6 +18,8 @@ All entropies are in nats. Formulas (n_k = items with code k at a level, p_k = n
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import faiss
 import numpy as np
@@ -38,6 +45,23 @@ def collisions(codes: np.ndarray) -> dict[str, float]:
             "collision_rate": float(1 - (sizes > 0).sum() / n) if n else 0.0,
             "collided_share": float(sizes[sizes > 1].sum() / n) if n else 0.0,
             "largest_group": int(sizes.max()) if n else 0}
+
+
+def floor(x: np.ndarray, texts: Sequence[str] | None = None) -> dict[str, float]:
+    """The collision floor of ``x`` [N, d] (and of the item ``texts``, when given)."""
+    from pipelines.semantic_ids.quantizers import distinct_rows
+
+    n = len(x)
+    _, inverse = distinct_rows(x) if n else (None, np.zeros(0, dtype=np.int64))
+    sizes = np.bincount(inverse) if n else np.zeros(0, dtype=np.int64)
+    out = {"distinct_vectors": int((sizes > 0).sum()),
+           "floor": float(1 - (sizes > 0).sum() / n) if n else 0.0,
+           "items_sharing_vector": float(sizes[sizes > 1].sum() / n) if n else 0.0}
+    if texts is not None:
+        counts = pl.Series("t", list(texts) if not isinstance(texts, pl.Series) else texts).value_counts()["count"]
+        out |= {"distinct_texts": counts.len(), "text_floor": float(1 - counts.len() / n) if n else 0.0,
+                "items_sharing_text": float(counts.filter(counts > 1).sum() / n) if n else 0.0}
+    return out
 
 
 def level_metrics(codes: np.ndarray, sizes: list[int]) -> list[dict[str, float]]:
@@ -99,9 +123,12 @@ def coherence(x: np.ndarray, codes: np.ndarray, *, k: int = 10, sample: int = 20
 
 
 def report(x: np.ndarray, codes: np.ndarray, recon: np.ndarray, sizes: list[int], *, k: int = 10,
-           sample: int = 2000, seed: int = 0) -> dict[str, object]:
+           sample: int = 2000, seed: int = 0, texts: Sequence[str] | None = None) -> dict[str, object]:
     """Every metric above for semantic ``codes`` [N, L] (without the dedup level)."""
-    return {"collisions": collisions(codes), "levels": level_metrics(codes, sizes),
+    fl = floor(x, texts)
+    col = collisions(codes)
+    col |= {"floor": fl["floor"], "excess_collision_rate": col["collision_rate"] - fl["floor"]}
+    return {"collisions": col, "floor": fl, "levels": level_metrics(codes, sizes),
             "reconstruction": reconstruction(x, recon),
             "coherence": coherence(x, codes, k=k, sample=sample, seed=seed)}
 

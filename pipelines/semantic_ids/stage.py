@@ -29,7 +29,7 @@ from pipelines.semantic_ids import quantizers, quality
 from pipelines.semantic_ids.collaborative import cooccurrence_pairs, svd_embeddings
 from pipelines.semantic_ids.dedup import dedup_counter
 from pipelines.semantic_ids.embeddings import embed_with_cache
-from pipelines.semantic_ids.item_text import item_texts
+from pipelines.semantic_ids.item_text import item_texts, order_variants
 from pipelines.semantic_ids.options import SemanticIdOptions
 from pipelines.sequences.stage import split_dir, steps_path
 from pipelines.storage import DatasetPaths, StagedOutputs, write_parquet_atomic, write_text_atomic
@@ -57,13 +57,17 @@ def token(level: int, code: int) -> str:
 def materialize_item_text(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print) -> dict[str, object]:
     opts = SemanticIdOptions.of(cfg)
     side = pl.read_parquet(paths.stage_dir("ingest") / "item_side_info.parquet")
-    texts = item_texts(side, opts.text_template).join(side.select(c.ITEM_ID, "raw_item_id"), on=c.ITEM_ID,
+    texts = item_texts(side, opts.text_template, opts.text_unordered_columns).join(side.select(c.ITEM_ID, "raw_item_id"), on=c.ITEM_ID,
                                                       how="left", maintain_order="left")
     texts = texts.select(c.ITEM_ID, "raw_item_id", "text", "source")
     write_parquet_atomic(texts, stage_dir(paths) / "item_text.parquet")
     fallback = int((texts["source"] == "fallback").sum())
-    log(f"{cfg.name}: {texts.height:,} item texts ({texts['text'].n_unique():,} distinct, {fallback:,} fallback)")
+    variants = order_variants(texts["text"])
+    log(f"{cfg.name}: {texts.height:,} item texts ({texts['text'].n_unique():,} distinct, {fallback:,} fallback, "
+        f"{variants:,} equal to another up to the order of comma-separated parts)")
     return {"items": texts.height, "distinct_texts": texts["text"].n_unique(), "fallback_texts": fallback,
+            "text_floor": 1 - texts["text"].n_unique() / texts.height if texts.height else 0.0,
+            "order_variant_texts": variants,
             "template": opts.text_template, "examples": texts.head(5).rows()}
 
 
@@ -126,7 +130,7 @@ def materialize_semantic_ids(cfg: DatasetConfig, paths: DatasetPaths, log: Log =
     out = stage_dir(paths)
     start = time.perf_counter()
     emb = pl.read_parquet(out / "item_embeddings.parquet")
-    texts = pl.read_parquet(out / "item_text.parquet", columns=[c.ITEM_ID, "raw_item_id"])
+    texts = pl.read_parquet(out / "item_text.parquet", columns=[c.ITEM_ID, "raw_item_id", "text"])
     items = emb.join(texts, on=c.ITEM_ID, how="left").sort(c.ITEM_ID)
     if items[c.ITEM_ID].is_duplicated().any():
         raise ValueError(f"{cfg.name}: item_embeddings has duplicate item ids")
@@ -166,8 +170,11 @@ def materialize_semantic_ids(cfg: DatasetConfig, paths: DatasetPaths, log: Log =
         cb, train_codes = quantizers.train(opts.method, x[in_train], levels=opts.levels, codes=opts.codes,
                                            subspaces=opts.subspaces, niter=opts.niter, seed=opts.seed,
                                            points_per_code=opts.train_points_per_code)
-        codes = quantizers.assign(cb, x)[0]
-        codes[in_train] = train_codes  # balanced k-means' capacity-constrained assignment
+        if in_train.all() or quantizers.builder(opts.method).assign_all is None:
+            codes = quantizers.assign(cb, x)[0] if not in_train.all() else train_codes
+            codes[in_train] = train_codes  # e.g. balanced k-means' capacity-constrained assignment
+        else:  # a joint assignment (capacities) over every item, training or not
+            codes = quantizers.assign_all(cb, x)
         new_items = len(x)
     dedup = dedup_counter(codes, raw, prev_dedup) if opts.dedup else np.zeros(len(x), dtype=np.int64)
     levels = len(cb.sizes)
@@ -187,7 +194,7 @@ def materialize_semantic_ids(cfg: DatasetConfig, paths: DatasetPaths, log: Log =
     removed = 0 if prev is None else prev[2].join(table, on="raw_item_id", how="anti").height
     recon = quantizers.decode(cb, codes)
     metrics = quality.report(x, codes, recon, cb.sizes, k=opts.coherence_neighbours, sample=opts.coherence_sample,
-                             seed=opts.seed)
+                             seed=opts.seed, texts=items["text"])
     refresh = {"mode": mode, "reason": reason, "kept": len(x) - new_items if mode == "incremental" else 0,
                "newly_assigned": new_items, "changed_vs_previous": changed, "removed_since_previous": removed}
     build = {"key": key, "method": cb.method, "options": opts.build_key(), "sizes": sizes, "levels": levels,
@@ -202,13 +209,14 @@ def materialize_semantic_ids(cfg: DatasetConfig, paths: DatasetPaths, log: Log =
         staged.path("quality_report.md").write_text(quality_markdown(cfg.name, report))
         staged.publish()
     log(f"{cfg.name}: semantic IDs {'x'.join(map(str, sizes))}; collision rate before dedup "
-        f"{metrics['collisions']['collision_rate']:.3%}; {refresh}")
+        f"{metrics['collisions']['collision_rate']:.3%} (floor {metrics['floor']['floor']:.3%}: identical vectors); "
+        f"{refresh}")
     return report
 
 
 def quality_markdown(dataset: str, report: dict) -> str:
     q = report["quality"]
-    col, rec = q["collisions"], q["reconstruction"]
+    col, rec, fl = q["collisions"], q["reconstruction"], q["floor"]
     lines = [f"# Semantic IDs: {dataset}", "",
              f"Method `{report['method']}`, codes per level {report['sizes']} "
              f"({'with' if report['dedup'] else 'without'} the dedup level); "
@@ -218,7 +226,12 @@ def quality_markdown(dataset: str, report: dict) -> str:
              f"{report['refresh']['changed_vs_previous']:,} changed against the previous build.", "",
              "## Collisions (semantic levels, before dedup)", "",
              f"- collision rate {col['collision_rate']:.4f}; items in collided groups {col['collided_share']:.4f}; "
-             f"largest group {col['largest_group']}", "",
+             f"largest group {col['largest_group']}",
+             f"- floor {fl['floor']:.4f}: {fl['distinct_vectors']:,} distinct vectors for {report['items']:,} items "
+             f"(items whose vector another item has too: {fl['items_sharing_vector']:.4f}); no assignment collides less",
+             *([f"- text floor {fl['text_floor']:.4f}: {fl['distinct_texts']:,} distinct item texts (items whose text "
+                f"another item has too: {fl['items_sharing_text']:.4f})"] if "text_floor" in fl else []),
+             f"- **excess over the floor {col['excess_collision_rate']:.4f}** (the avoidable collisions)", "",
              "## Levels", "", markdown_table(pl.DataFrame(q["levels"]).drop("level").with_row_index("level")), "",
              "## Reconstruction", "",
              f"- MSE {rec['mse']:.5f}; relative MSE {rec['relative_mse']:.4f}; mean cosine {rec['mean_cosine']:.4f}", "",
