@@ -9,7 +9,7 @@ import warnings
 import dagster as dg
 import polars as pl
 
-from assets.ingest import check_result
+from assets.checks import check_result
 from assets.partitions import dataset_partitions
 from pipelines.contracts import validate_parquet
 from pipelines.reporting import markdown_table
@@ -22,7 +22,6 @@ from pipelines.semantic_ids.stage import (
     materialize_exports,
     materialize_item_text,
     materialize_semantic_ids,
-    stage_dir,
 )
 from schemas.semantic_ids import ItemEmbeddings, ItemText, SemanticIds
 
@@ -80,7 +79,7 @@ def semantic_ids(context: dg.AssetExecutionContext, settings: PipelineSettings,
         "refresh": dg.MetadataValue.json(report["refresh"]),
         "levels": dg.MetadataValue.md(markdown_table(levels)),
         **({"coherence": dg.MetadataValue.md(markdown_table(coherence))} if coherence is not None else {}),
-        "report": dg.MetadataValue.path(str(stage_dir(settings.paths(cfg.name)) / "quality_report.md")),
+        "report": dg.MetadataValue.path(str(settings.paths(cfg.name).semantic_id_report())),
     })
 
 
@@ -93,25 +92,21 @@ def semantic_id_exports(context: dg.AssetExecutionContext, settings: PipelineSet
     return dg.MaterializeResult(metadata={**meta, "index_json": dg.MetadataValue.path(meta["index_json"])})
 
 
-def _paths(context: dg.AssetCheckExecutionContext, settings: PipelineSettings):
-    paths = settings.paths(context.partition_key)
-    return paths, stage_dir(paths)
 
 
 @dg.asset_check(asset=item_text, blocking=True, partitions_def=dataset_partitions,
                 description="pandera ItemText (schemas/semantic_ids.py): one non-empty text per item.")
 def item_text_contract(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
-    _, out = _paths(context, settings)
-    return check_result(validate_parquet(out / "item_text.parquet", ItemText))
+    return check_result(validate_parquet(settings.paths(context.partition_key).item_text(), ItemText))
 
 
 @dg.asset_check(asset=item_embeddings, blocking=True, partitions_def=dataset_partitions,
                 description="pandera ItemEmbeddings plus one finite vector per item of the id map.")
 def item_embeddings_contract(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
-    paths, out = _paths(context, settings)
-    r = validate_parquet(out / "item_embeddings.parquet", ItemEmbeddings)
+    paths = settings.paths(context.partition_key)
+    r = validate_parquet(paths.item_embeddings(), ItemEmbeddings)
     if r.passed:
-        r = embeddings_consistency(out / "item_embeddings.parquet", paths.stage_dir("ingest") / "item_id_map.parquet")
+        r = embeddings_consistency(paths.item_embeddings(), paths.item_id_map())
     return check_result(r)
 
 
@@ -121,23 +116,22 @@ def item_embeddings_contract(context: dg.AssetCheckExecutionContext, settings: P
                             "collision rate at most stages.semantic_ids.max_excess_collisions above the "
                             "identical-vector floor.")
 def semantic_ids_contract(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
-    paths, out = _paths(context, settings)
-    r = validate_parquet(out / "semantic_ids.parquet", SemanticIds)
+    paths = settings.paths(context.partition_key)
+    r = validate_parquet(paths.semantic_ids(), SemanticIds)
     if r.passed:
         opts = SemanticIdOptions.of(settings.dataset(context.partition_key))
-        r = sid_consistency(out / "semantic_ids.parquet", paths.stage_dir("ingest") / "item_id_map.parquet",
-                            out / "quality.json", opts.min_utilization, opts.max_excess_collisions)
+        r = sid_consistency(paths.semantic_ids(), paths.item_id_map(), paths.semantic_id_quality(),
+                            opts.min_utilization, opts.max_excess_collisions)
     return check_result(r)
 
 
 @dg.asset_check(asset=semantic_id_exports, blocking=True, partitions_def=dataset_partitions,
                 description="The .index.json holds every item's tokens, each token in sid_vocab.json.")
 def semantic_id_exports_contract(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
-    paths, out = _paths(context, settings)
-    exports = out / "exports"
-    index = json.loads((exports / f"{context.partition_key}.index.json").read_text())
-    vocab = set(json.loads((exports / "sid_vocab.json").read_text())["tokens"])
-    n_items = pl.scan_parquet(paths.stage_dir("ingest") / "item_id_map.parquet").select(pl.len()).collect().item()
+    paths = settings.paths(context.partition_key)
+    index = json.loads(paths.sid_index().read_text())
+    vocab = set(json.loads(paths.sid_vocab().read_text())["tokens"])
+    n_items = pl.scan_parquet(paths.item_id_map()).select(pl.len()).collect().item()
     unknown = sorted({t for tokens in index.values() for t in tokens} - vocab)[:5]
     passed = len(index) == n_items and not unknown and len({tuple(v) for v in index.values()}) == len(index)
     msg = (f"{len(index):,} items for {n_items:,} in the id map; tokens outside the vocabulary: {unknown or 'none'}; "

@@ -34,6 +34,11 @@ def failed_attempt_dir(stage_dir: Path) -> Path:
     return stage_dir.with_name(f"{stage_dir.name}_failed_attempt")
 
 
+# The semantic-ID build publishes these together (staged, then renamed into its folder).
+SEMANTIC_ID_FILES = {"semantic_ids": "semantic_ids.parquet", "build": "build.json", "codebooks": "codebooks.npz",
+                     "quality": "quality.json", "report": "quality_report.md"}
+
+
 def default_data_root() -> Path:
     return Path(os.environ.get(DATA_ROOT_ENV) or REPO_ROOT / "data")
 
@@ -172,11 +177,39 @@ class DatasetLayout:
     def semantic_ids_dir(self) -> Path:
         return self.stage_dir("semantic_ids")
 
+    def item_text(self) -> Path:
+        return self.semantic_ids_dir() / "item_text.parquet"
+
+    def item_embeddings(self) -> Path:
+        return self.semantic_ids_dir() / "item_embeddings.parquet"
+
+    def embedding_cache(self) -> Path:
+        return self.semantic_ids_dir() / "embedding_cache.parquet"
+
+    def onnx_cache_dir(self) -> Path:
+        return self.root / "cache" / "onnx"
+
     def semantic_ids(self) -> Path:
-        return self.semantic_ids_dir() / "semantic_ids.parquet"
+        return self.semantic_ids_dir() / SEMANTIC_ID_FILES["semantic_ids"]
+
+    def semantic_id_build(self) -> Path:
+        return self.semantic_ids_dir() / SEMANTIC_ID_FILES["build"]
+
+    def codebooks(self) -> Path:
+        return self.semantic_ids_dir() / SEMANTIC_ID_FILES["codebooks"]
 
     def semantic_id_quality(self) -> Path:
-        return self.semantic_ids_dir() / "quality.json"
+        return self.semantic_ids_dir() / SEMANTIC_ID_FILES["quality"]
+
+    def semantic_id_report(self) -> Path:
+        return self.semantic_ids_dir() / SEMANTIC_ID_FILES["report"]
+
+    def sid_index(self) -> Path:
+        """``{"<item_id>": ["<a_12>", ...]}``: the format GAMER, LC-Rec and MiniOneRec read."""
+        return self.semantic_ids_dir() / "exports" / f"{self.dataset}.index.json"
+
+    def sid_vocab(self) -> Path:
+        return self.semantic_ids_dir() / "exports" / "sid_vocab.json"
 
     # ---------------------------------------------------------------- training and evaluation
     def run_dir(self, protocol: str, model: str) -> Path:

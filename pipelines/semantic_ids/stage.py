@@ -1,46 +1,35 @@
 """File-level orchestration of the semantic-ID stage (what the Dagster assets call; no Dagster here).
 
-Layout under data/outputs/<dataset>/semantic_ids/:
-    item_text.parquet           one text per item (item_id, raw_item_id, text, source)
-    embedding_cache.parquet     sha256(model, text) -> vector; grows, never invalidated by a refresh
-    item_embeddings.parquet     the vectors the quantizer sees (item_id, vector)
-    semantic_ids.parquet        item_id, raw_item_id, codes, dedup, sid, in_training
-    codebooks.npz, build.json   frozen codebooks and what they were built from
-    quality.json, quality_report.md
-    exports/<dataset>.index.json, exports/sid_vocab.json
+Writes, through ``pipelines.layout``: one text per item; the embedding cache (sha256(model, text)
+-> vector; grows, never invalidated by a refresh); the vectors the quantizer sees; the semantic IDs
+(item_id, raw_item_id, codes, dedup, sid, in_training) with their frozen codebooks, build record
+and quality report, published together; the exported index and token vocabulary.
 """
-
 from __future__ import annotations
 
 import hashlib
 import json
 import string
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from pipelines.ingest.core import EVENTS_FILE  # noqa: F401  (layout reference)
 from pipelines.registry import DatasetConfig
-from pipelines.reporting import markdown_table
+from pipelines.layout import SEMANTIC_ID_FILES
+from pipelines.reporting import Log, markdown_table
 from pipelines.semantic_ids import quantizers, quality
 from pipelines.semantic_ids.collaborative import cooccurrence_pairs, svd_embeddings
 from pipelines.semantic_ids.dedup import dedup_counter
 from pipelines.semantic_ids.embeddings import embed_with_cache
 from pipelines.semantic_ids.item_text import item_texts, order_variants
 from pipelines.semantic_ids.options import SemanticIdOptions
-from pipelines.sequences.stage import split_dir, steps_path
-from pipelines.storage import DatasetPaths, StagedOutputs, write_parquet_atomic, write_text_atomic
+from pipelines.storage import DatasetPaths, StagedOutputs, write_npz_atomic, write_parquet_atomic, write_text_atomic
 from schemas import columns as c
 
-Log = Callable[[str], None]
-STAGE = "semantic_ids"
-
-
 def stage_dir(paths: DatasetPaths) -> Path:
-    return paths.stage_dir(STAGE)
+    return paths.semantic_ids_dir()
 
 
 def level_name(level: int) -> str:
@@ -48,7 +37,8 @@ def level_name(level: int) -> str:
     return string.ascii_lowercase[level] if level < 26 else f"l{level}"
 
 
-def token(level: int, code: int) -> str:
+def token(level: int, code: int | str) -> str:
+    """The one spelling of a SID token (``code`` may be a format placeholder, ``"{}"``)."""
     return f"<{level_name(level)}_{code}>"
 
 
@@ -56,11 +46,11 @@ def token(level: int, code: int) -> str:
 
 def materialize_item_text(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print) -> dict[str, object]:
     opts = SemanticIdOptions.of(cfg)
-    side = pl.read_parquet(paths.stage_dir("ingest") / "item_side_info.parquet")
+    side = pl.read_parquet(paths.item_side_info())
     texts = item_texts(side, opts.text_template, opts.text_unordered_columns).join(side.select(c.ITEM_ID, "raw_item_id"), on=c.ITEM_ID,
                                                       how="left", maintain_order="left")
     texts = texts.select(c.ITEM_ID, "raw_item_id", "text", "source")
-    write_parquet_atomic(texts, stage_dir(paths) / "item_text.parquet")
+    write_parquet_atomic(texts, paths.item_text())
     fallback = int((texts["source"] == "fallback").sum())
     variants = order_variants(texts["text"])
     log(f"{cfg.name}: {texts.height:,} item texts ({texts['text'].n_unique():,} distinct, {fallback:,} fallback, "
@@ -75,24 +65,30 @@ def materialize_item_text(cfg: DatasetConfig, paths: DatasetPaths, log: Log = pr
 
 def training_steps(paths: DatasetPaths, protocol: str) -> pl.LazyFrame:
     """(user_id, step, item_id) of the protocol's training steps."""
-    roles = pl.scan_parquet(split_dir(paths, protocol) / "roles.parquet").filter(pl.col("role") == "train")
-    return pl.scan_parquet(steps_path(paths)).select(c.USER_ID, "step", c.ITEM_ID) \
+    roles = pl.scan_parquet(paths.roles(protocol)).filter(pl.col("role") == "train")
+    return pl.scan_parquet(paths.steps()).select(c.USER_ID, "step", c.ITEM_ID) \
         .join(roles.select(c.USER_ID, "step"), on=[c.USER_ID, "step"], how="semi")
 
 
 def materialize_embeddings(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print) -> dict[str, object]:
     opts = SemanticIdOptions.of(cfg)
-    out = stage_dir(paths)
-    texts = pl.read_parquet(out / "item_text.parquet")
-    parts, meta = [], {"source": opts.source}
-    if "text" in opts.source:
-        run = embed_with_cache(texts, opts.embedding.model, out / "embedding_cache.parquet",
+    texts = pl.read_parquet(paths.item_text())
+    source = opts.source
+    parts, meta = [], {"source": source}
+    if "text" in source and (texts["source"] == "fallback").all():
+        # every text is the placeholder "item <id>": embedding placeholders costs time and carries nothing
+        source = "collaborative"
+        meta |= {"source": source, "text_skipped": f"all {texts.height:,} item texts are the fallback 'item <raw id>' "
+                                                   "(no side information): text embedding skipped, collaborative only"}
+        log(f"{cfg.name}: {meta['text_skipped']}")
+    if "text" in source:
+        run = embed_with_cache(texts, opts.embedding.model, paths.embedding_cache(),
                                batch_size=opts.embedding.batch_size, device=opts.embedding.device,
-                               backend=opts.embedding.backend, onnx_cache=paths.root / "cache" / "onnx", log=log)
+                               backend=opts.embedding.backend, onnx_cache=paths.onnx_cache_dir(), log=log)
         parts.append(run.vectors)
         meta |= {"model": opts.embedding.model, "backend": opts.embedding.backend, "text_dims": run.vectors.shape[1], "embedded_now": run.embedded,
                  "from_cache": run.cached, "distinct_texts": run.unique_texts, "embedding_seconds": round(run.seconds, 2)}
-    if "collaborative" in opts.source:
+    if "collaborative" in source:
         co = opts.collaborative
         pairs = cooccurrence_pairs(training_steps(paths, opts.train_protocol), co.window)
         vec = svd_embeddings(pairs, texts.height, co.dims, co.seed) * np.float32(co.weight)
@@ -103,7 +99,7 @@ def materialize_embeddings(cfg: DatasetConfig, paths: DatasetPaths, log: Log = p
     vectors = np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
     frame = pl.DataFrame({c.ITEM_ID: texts[c.ITEM_ID],
                           "vector": pl.Series("vector", vectors, dtype=pl.Array(pl.Float32, vectors.shape[1]))})
-    write_parquet_atomic(frame, out / "item_embeddings.parquet")
+    write_parquet_atomic(frame, paths.item_embeddings())
     return meta | {"items": frame.height, "dims": vectors.shape[1]}
 
 
@@ -114,8 +110,8 @@ def _build_key(opts: SemanticIdOptions, dims: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _previous(out: Path) -> tuple[dict, quantizers.Codebooks, pl.DataFrame] | None:
-    files = [out / "build.json", out / "codebooks.npz", out / "semantic_ids.parquet"]
+def _previous(paths: DatasetPaths) -> tuple[dict, quantizers.Codebooks, pl.DataFrame] | None:
+    files = [paths.semantic_id_build(), paths.codebooks(), paths.semantic_ids()]
     if not all(f.is_file() for f in files):
         return None
     with np.load(files[1]) as data:
@@ -127,10 +123,9 @@ def materialize_semantic_ids(cfg: DatasetConfig, paths: DatasetPaths, log: Log =
                              full_rebuild: bool = False) -> dict[str, object]:
     """Train (or reuse) codebooks, assign every item, dedup, measure; publish the files together."""
     opts = SemanticIdOptions.of(cfg)
-    out = stage_dir(paths)
     start = time.perf_counter()
-    emb = pl.read_parquet(out / "item_embeddings.parquet")
-    texts = pl.read_parquet(out / "item_text.parquet", columns=[c.ITEM_ID, "raw_item_id", "text"])
+    emb = pl.read_parquet(paths.item_embeddings())
+    texts = pl.read_parquet(paths.item_text(), columns=[c.ITEM_ID, "raw_item_id", "text"])
     items = emb.join(texts, on=c.ITEM_ID, how="left").sort(c.ITEM_ID)
     if items[c.ITEM_ID].is_duplicated().any():
         raise ValueError(f"{cfg.name}: item_embeddings has duplicate item ids")
@@ -139,7 +134,7 @@ def materialize_semantic_ids(cfg: DatasetConfig, paths: DatasetPaths, log: Log =
     train_items = training_steps(paths, opts.train_protocol).select(c.ITEM_ID).unique().collect()[c.ITEM_ID].to_numpy()
     in_train = np.isin(items[c.ITEM_ID].to_numpy(), train_items)
     key = _build_key(opts, x.shape[1])
-    prev = _previous(out)
+    prev = _previous(paths)
     mode, reason = "full", "first build"
     if prev is not None:
         if full_rebuild or opts.refresh == "full":
@@ -180,7 +175,7 @@ def materialize_semantic_ids(cfg: DatasetConfig, paths: DatasetPaths, log: Log =
     levels = len(cb.sizes)
     sizes = cb.sizes + ([int(dedup.max()) + 1] if opts.dedup else [])
     full = np.concatenate([codes, dedup[:, None]], axis=1) if opts.dedup else codes
-    sid = pl.concat_str([pl.format(f"<{level_name(i)}_{{}}>", pl.lit(full[:, i])) for i in range(full.shape[1])]) \
+    sid = pl.concat_str([pl.format(token(i, "{}"), pl.lit(full[:, i])) for i in range(full.shape[1])]) \
         if len(x) else pl.lit("")
     table = pl.DataFrame({c.ITEM_ID: items[c.ITEM_ID], "raw_item_id": raw,
                           "codes": pl.Series("codes", codes.astype(np.int32), dtype=pl.Array(pl.Int32, levels)),
@@ -198,16 +193,17 @@ def materialize_semantic_ids(cfg: DatasetConfig, paths: DatasetPaths, log: Log =
     refresh = {"mode": mode, "reason": reason, "kept": len(x) - new_items if mode == "incremental" else 0,
                "newly_assigned": new_items, "changed_vs_previous": changed, "removed_since_previous": removed}
     build = {"key": key, "method": cb.method, "options": opts.build_key(), "sizes": sizes, "levels": levels,
-             "dedup": opts.dedup, "training_items": int(in_train.sum()), "items": len(x),
-             "refresh": refresh, "seconds": round(time.perf_counter() - start, 2)}
+             "dedup": opts.dedup, "training_items": int(in_train.sum()), "items": len(x), "refresh": refresh}
     report = {"dataset": cfg.name, **build, "quality": metrics}
-    with StagedOutputs(out) as staged:
-        table.write_parquet(staged.path("semantic_ids.parquet"))
-        np.savez(staged.path("codebooks.npz"), **cb.to_npz())
-        staged.path("build.json").write_text(json.dumps(build, indent=2, default=str))
-        staged.path("quality.json").write_text(json.dumps(report, indent=2, default=str))
-        staged.path("quality_report.md").write_text(quality_markdown(cfg.name, report))
+    files = SEMANTIC_ID_FILES
+    with StagedOutputs(paths.semantic_ids_dir()) as staged:  # the files are data: no timings in them
+        table.write_parquet(staged.path(files["semantic_ids"]))
+        write_npz_atomic(cb.to_npz(), staged.path(files["codebooks"]))
+        staged.path(files["build"]).write_text(json.dumps(build, indent=2, default=str))
+        staged.path(files["quality"]).write_text(json.dumps(report, indent=2, default=str))
+        staged.path(files["report"]).write_text(quality_markdown(cfg.name, report))
         staged.publish()
+    report["seconds"] = round(time.perf_counter() - start, 2)  # for the asset's metadata
     log(f"{cfg.name}: semantic IDs {'x'.join(map(str, sizes))}; collision rate before dedup "
         f"{metrics['collisions']['collision_rate']:.3%} (floor {metrics['floor']['floor']:.3%}: identical vectors); "
         f"{refresh}")
@@ -246,15 +242,13 @@ def quality_markdown(dataset: str, report: dict) -> str:
 def materialize_exports(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print) -> dict[str, object]:
     """``<dataset>.index.json`` ({"<item_id>": ["<a_12>", ...]}, the GAMER / LC-Rec / MiniOneRec format)
     and ``sid_vocab.json`` (every token, level by level)."""
-    out = stage_dir(paths)
-    table = pl.read_parquet(out / "semantic_ids.parquet")
-    build = json.loads((out / "build.json").read_text())
+    table = pl.read_parquet(paths.semantic_ids())
+    build = json.loads(paths.semantic_id_build().read_text())
     tokens = table.select(c.ITEM_ID, pl.col("sid").str.extract_all(r"<[^>]+>").alias("tokens"))
     index = dict(zip(tokens[c.ITEM_ID].cast(pl.String).to_list(), tokens["tokens"].to_list(), strict=True))
     vocab = [token(level, code) for level, size in enumerate(build["sizes"]) for code in range(size)]
-    exports = out / "exports"
-    write_text_atomic(json.dumps(index), exports / f"{cfg.name}.index.json")
+    write_text_atomic(json.dumps(index), paths.sid_index())
     write_text_atomic(json.dumps({"levels": [level_name(i) for i in range(len(build["sizes"]))],
-                                  "sizes": build["sizes"], "tokens": vocab}, indent=1), exports / "sid_vocab.json")
-    log(f"{cfg.name}: exported {len(index):,} SIDs and {len(vocab):,} tokens to {exports}")
-    return {"items": len(index), "tokens": len(vocab), "index_json": str(exports / f"{cfg.name}.index.json")}
+                                  "sizes": build["sizes"], "tokens": vocab}, indent=1), paths.sid_vocab())
+    log(f"{cfg.name}: exported {len(index):,} SIDs and {len(vocab):,} tokens to {paths.sid_index().parent}")
+    return {"items": len(index), "tokens": len(vocab), "index_json": str(paths.sid_index())}
