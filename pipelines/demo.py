@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # every dataset runs in a worker process: an interruption stops workers, never half a stage in here
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     import dagster as dg
 
@@ -178,15 +178,21 @@ def main(argv: list[str] | None = None) -> int:
         pass  # create the instance's storage here: workers creating it at once race on the schema
     pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"))
     try:
-        futures = {pool.submit(run_partition, key, _threads_per_job(jobs)): key for key in keys}
-        for future in as_completed(futures):
+        waiting = list(keys)  # submitted one per free worker, so an interruption leaves nothing queued
+        running: dict = {}
+        while waiting or running:
+            while waiting and len(running) < jobs and not stop["requested"]:
+                key = waiting.pop(0)
+                running[pool.submit(run_partition, key, _threads_per_job(jobs))] = key
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                key = running.pop(future)
+                try:
+                    report(future.result())
+                except Exception as e:  # a worker that died is that dataset's failure, not the demo's
+                    report({"key": key, "ok": False, "lines": [f"   FAILED: {type(e).__name__}: {e}"], "steps": {}})
             if stop["requested"]:
                 raise _Stop()
-            try:
-                report(future.result())
-            except Exception as e:  # a worker that died is that dataset's failure, not the demo's
-                report({"key": futures[future], "ok": False, "lines": [f"   FAILED: {type(e).__name__}: {e}"],
-                        "steps": {}})
     except _Stop:
         stop["requested"] = True
         pool.shutdown(wait=False, cancel_futures=True)

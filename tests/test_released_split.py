@@ -205,3 +205,17 @@ def test_two_valid_lines_for_one_user_is_a_clear_error(registry) -> None:
                                            c.BEHAVIORS: pl.UInt16, c.TIMESTAMP: pl.Int64})
     with pytest.raises(ValueError, match="more than one valid line"):
         sp.released(steps, cfg)
+
+
+def test_placeholder_item_texts_are_not_embedded(release) -> None:
+    """A release has no side information: every text is the fallback 'item <id>', so the text part
+    of the embedding is skipped (and said), and the collaborative part alone is used."""
+    from pipelines.semantic_ids.stage import materialize_embeddings, materialize_item_text
+
+    cfg, paths, _, _ = release
+    texts = materialize_item_text(cfg, paths, **QUIET)
+    assert texts["fallback_texts"] == texts["items"] > 0
+    meta = materialize_embeddings(cfg, paths, **QUIET)
+    assert meta["source"] == "collaborative" and "text embedding skipped" in meta["text_skipped"]
+    assert "embedded_now" not in meta and not paths.embedding_cache().exists()
+    assert meta["dims"] == 64  # the collaborative SVD's dimensions only
