@@ -1,0 +1,151 @@
+"""Train and evaluate a dataset at a paper's published settings, and print our figures beside theirs.
+
+    python -m pipelines.paper_settings blade_qk_video            # BLADE's Table 1 settings (the default)
+    python -m pipelines.paper_settings blade_qk_video --setting blade_table1 --epochs 50
+
+Runs the project's own ``materialize_all`` job for one dataset partition through the Dagster instance
+(``DAGSTER_HOME``), with the setting's hyperparameters as run config of the ``trained_*`` assets
+and its evaluation convention as run config of ``evaluation``, then prints the test figures of our
+models next to the published ones. ``PAPER_SETTINGS`` is the one table of settings: a new paper is
+one entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.registry import REPO_ROOT, DatasetConfig
+
+
+@dataclass(frozen=True)
+class Published:
+    model: str  # the paper's name for it
+    ours: str | None  # our model it is compared with (None: no counterpart yet)
+    metrics: dict[str, float]  # e.g. {"ndcg@10": 0.0104, "hr@10": 0.0204}
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class PaperSetting:
+    name: str
+    source: str
+    protocol: str  # the split the paper's figures use
+    max_len: int
+    mask_history: int  # history items excluded from the full ranking
+    masking_note: str
+    models: dict[str, dict[str, Any]]  # our model -> hyperparameters (run config of trained_<model>)
+    published: list[Published] = field(default_factory=list)
+    dataset_hint: str = ""
+
+
+PAPER_SETTINGS: dict[str, PaperSetting] = {s.name: s for s in (
+    PaperSetting(
+        name="blade_table1",
+        source="BLADE (Li et al.), Table 1, QK-Video: full ranking over all items; d = 32 and L = 50 for all models",
+        protocol="released", max_len=50, mask_history=50,
+        masking_note="the released EIDP/BLADE evaluation code excludes the user's last 50 history items from the "
+                     "ranking; we do the same (mask_history = 50), ties count against the target",
+        models={"sasrec": {"hidden": 32, "blocks": 2, "heads": 1, "dropout": 0.2},
+                "behavior_set": {"hidden": 32, "blocks": 2, "heads": 2, "dropout": 0.2}},
+        published=[
+            Published("SASRec", "sasrec", {"ndcg@10": 0.0104, "hr@10": 0.0204}),
+            Published("EIDP", "behavior_set", {"ndcg@10": 0.0137, "hr@10": 0.0291},
+                      note="our behavior_set model is of the EIDP/BLADE family, not EIDP itself"),
+            Published("BLADE", "behavior_set", {"ndcg@10": 0.0127, "hr@10": 0.0256},
+                      note="our behavior_set model is not BLADE (no BASA/BGMoE)"),
+        ],
+        dataset_hint="a behavior_set_splits dataset holding the QK-Video release files"),
+)}
+
+
+def check_applicable(setting: PaperSetting, cfg: DatasetConfig, max_len: int, protocol: str) -> list[str]:
+    """What differs between the dataset's configuration and the paper's setting (empty: nothing)."""
+    problems = []
+    if protocol != setting.protocol:
+        problems.append(f"stages.training.protocol is '{protocol}', the paper's figures use '{setting.protocol}'")
+    if max_len != setting.max_len:
+        problems.append(f"stages.sequences.max_len is {max_len}, the paper uses L = {setting.max_len}")
+    return problems
+
+
+def run_config(setting: PaperSetting, data_root: str | None, epochs: int | None) -> dict[str, Any]:
+    ops: dict[str, Any] = {f"trained_{m}": {"config": params | ({"epochs": epochs} if epochs else {})}
+                           for m, params in setting.models.items()}
+    ops["evaluation"] = {"config": {"mask_history": setting.mask_history}}
+    config: dict[str, Any] = {"ops": ops}
+    if data_root:
+        config["resources"] = {"settings": {"config": {"data_root": data_root}}}
+    return config
+
+
+def comparison(setting: PaperSetting, results: Any) -> Any:
+    """One row per (our model, published model): our test figures (leakage filter applied) beside theirs."""
+    import polars as pl
+
+    ours = results.filter((pl.col("target_behavior") == "all") & (pl.col("filter") != "off"))
+    rows = []
+    for model in ours["model"].to_list():
+        mine = ours.filter(pl.col("model") == model).row(0, named=True)
+        pubs = [p for p in setting.published if p.ours == model] or [None]
+        for p in pubs:
+            rows.append({
+                "our model": model, "NDCG@10": round(mine["ndcg@10"], 4), "HR@10": round(mine["hr@10"], 4),
+                "published model": p.model if p else "", "published NDCG@10": p.metrics.get("ndcg@10") if p else None,
+                "published HR@10": p.metrics.get("hr@10") if p else None, "note": p.note if p else ""})
+    return pl.DataFrame(rows).sort("NDCG@10", descending=True, maintain_order=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", help="registry dataset (a split release for blade_table1)")
+    parser.add_argument("--setting", default="blade_table1", choices=sorted(PAPER_SETTINGS))
+    parser.add_argument("--epochs", type=int, default=None, help="cap training epochs (default: the model defaults)")
+    parser.add_argument("--data-root", default=None, help="data root (default: MBREC_DATA_ROOT or data/)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".dagster_home"))
+    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+
+    import dagster as dg
+    import polars as pl
+
+    from pipelines.definitions import defs
+    from pipelines.reporting import markdown_table
+    from pipelines.resources import PipelineSettings
+    from pipelines.sequences.options import SequenceOptions
+    from pipelines.storage import has_raw_files
+    from pipelines.training.stage import TrainingOptions
+
+    setting = PAPER_SETTINGS[args.setting]
+    settings = PipelineSettings(data_root=args.data_root) if args.data_root else PipelineSettings()
+    cfg = settings.dataset(args.dataset)
+    problems = check_applicable(setting, cfg, SequenceOptions.of(cfg).max_len, TrainingOptions.of(cfg).protocol)
+    if problems:
+        print(f"{args.dataset} does not match {setting.name}: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    print(f"== {args.dataset} at {setting.name}: {setting.source}", flush=True)
+    print(f"   masking: {setting.masking_note}", flush=True)
+    with dg.DagsterInstance.get() as instance:
+        result = defs.resolve_job_def("materialize_all").execute_in_process(
+            partition_key=args.dataset, instance=instance, raise_on_error=False,
+            run_config=run_config(setting, args.data_root, args.epochs))
+    if not result.success:
+        print(f"the run failed: see the Dagster run {result.run_id} (make ui)", file=sys.stderr)
+        return 1
+    results = pl.read_parquet(settings.paths(cfg.name).evaluation_results())
+    source = "the raw files" if has_raw_files(settings.paths(cfg.name).raw_dir) else "synthetic (generated) data"
+    print(f"\nTest figures on {args.dataset} ({source}), protocol {setting.protocol}, L = {setting.max_len}, "
+          f"full ranking, last {setting.mask_history} history items masked:\n")
+    print(markdown_table(comparison(setting, results), max_rows=50))
+    if source.startswith("synthetic"):
+        print(f"\nThe published figures are for the real QK-Video release; put its files into "
+              f"{settings.paths(cfg.name).raw_dir} for a like-for-like comparison ({setting.dataset_hint}).")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
