@@ -132,20 +132,39 @@ class BehaviorAwareAttention(nn.Module):
 
 
 class BehaviorGuidedMoE(nn.Module):
-    """BGMoE (Eq. 7): ``sum_i softmax(W b)_i · FFN_i(r)``, dense over ``experts`` experts."""
+    """BGMoE (Eq. 7): ``sum_i softmax(W b)_i · FFN_i(r)``, dense over ``experts`` experts.
+
+    Expert i is ``down_i(gelu(up_i(r)))`` (d -> 4d -> d). The experts' weights are stored side by
+    side, so all experts run as two matrix products: ``up`` holds every ``up_i`` ([d] -> [experts·4d]);
+    the gated hidden units go through ``down`` (every ``down_i`` stacked) and the gated biases are
+    added. The result is exactly the routing-weighted sum of the experts' outputs."""
 
     def __init__(self, hidden: int, experts: int, dropout: float) -> None:
         super().__init__()
+        self.n_experts, self.width = experts, 4 * hidden
         self.router = nn.Linear(hidden, experts)
-        self.experts = nn.ModuleList(FeedForward(hidden, dropout) for _ in range(experts))
+        self.up = nn.Linear(hidden, experts * self.width)
+        self.down = nn.Linear(experts * self.width, hidden, bias=False)
+        self.down_bias = nn.Parameter(torch.zeros(experts, hidden))
+        bound = self.width ** -0.5  # what each expert's own nn.Linear(4d, d) would use
+        nn.init.uniform_(self.down.weight, -bound, bound)
+        nn.init.uniform_(self.down_bias, -bound, bound)
+        self.dropout = nn.Dropout(dropout)
 
     def routing(self, b: torch.Tensor) -> torch.Tensor:
         """[..., d] set embeddings -> [..., experts] routing weights (rows sum to 1)."""
         return torch.softmax(self.router(b), dim=-1)
 
+    def expert_outputs(self, r: torch.Tensor) -> torch.Tensor:
+        """[..., d] -> [..., experts, d]: every expert's output (for tests and inspection)."""
+        h = F.gelu(self.up(r)).unflatten(-1, (self.n_experts, self.width))
+        w = self.down.weight.T.unflatten(0, (self.n_experts, self.width))  # [experts, 4d, d]
+        return torch.einsum("...ef,efd->...ed", h, w) + self.down_bias
+
     def forward(self, r: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        out = torch.stack([e(r) for e in self.experts], dim=-1)  # [N, L, d, experts]
-        return (out * self.routing(b)[..., None, :]).sum(-1)
+        gate = self.routing(b)  # [N, L, experts]
+        h = F.gelu(self.up(r)).unflatten(-1, (self.n_experts, self.width)) * gate[..., None]
+        return self.dropout(self.down(h.flatten(-2)) + gate @ self.down_bias)
 
 
 class IntermediateBlock(nn.Module):
