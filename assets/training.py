@@ -55,6 +55,7 @@ class TrainingRunConfig(dg.Config):
     experts: int | None = None  # blade (BGMoE experts)
     alpha: float | None = None  # blade (weight of the intermediate-fusion branch)
     augmentation: str | None = None  # blade: mixed | cooccurrence | masking | flipping
+    exclude_history_negatives: bool | None = None  # blade: negatives outside the user's window (paper)
     beam_size: int | None = None  # generative_sid
     history_steps: int | None = None  # generative_sid
 

@@ -27,8 +27,10 @@ would let later keys change the normalization of earlier rows).
 Training (section "Prediction and Model Training"):
 - ``L_next`` (Eq. 16): BCE of the true next item against ``negatives`` (paper: 1) sampled items per
   position, weighted by behavior richness ``w = |b_{l+1}|_0 / |B|``, averaged over real positions.
-  *Choice*: negatives are uniform over the catalogue; a draw that is in the user's window or equals
-  the positive is ignored (the paper samples from V minus the user's items).
+  *Choice*: negatives are uniform over the catalogue and a draw equal to the positive is ignored;
+  ``exclude_history_negatives`` also ignores draws in the user's window, as the paper (which samples
+  from V minus the user's items) does. That convention teaches the model to score history items high,
+  harmless only when evaluation masks the history (the paper's does); ours does not by default.
 - ``L_SeqCL`` (Eqs. 17-18): two augmented views of the history's behavior sets (items untouched),
   each made by the augmentation stage's operators (``pipelines/augmentation/behavior_ops.py``) with
   the training split's statistics; both encoded to U [L, d], flattened over steps (L·d), similarity
@@ -72,6 +74,10 @@ class BladeConfig:
     experts: int = 4  # FFN experts in BGMoE
     alpha: float = 0.5  # Eq. 8: weight of the intermediate (BASA + BGMoE) branch
     negatives: int = 1  # sampled negatives per position in the BCE loss (paper: one)
+    # the paper draws negatives outside the user's items, which goes with its evaluation that masks the
+    # history from the ranking; our default evaluation ranks history items too, so only a draw equal to
+    # the positive is ignored unless this is set (the paper settings set it with mask_history = 50)
+    exclude_history_negatives: bool = False
     contrastive_weight: float = 0.1  # lambda (Eq. 19); 0 switches the contrastive loss off
     contrastive_temperature: float = 1.0  # tau (Eq. 18)
     augmentation: str = "mixed"  # mixed | cooccurrence | masking | flipping (one at a time, as the ablation)
@@ -291,8 +297,10 @@ class Blade(Recommender):
         positives = next_in_sequence(items, batch["target_items"])  # item id + 1
         negatives = torch.randint(1, self.info.n_items + 1, (*items.shape, self.cfg.negatives),
                                   generator=self.sampler(), device=items.device)
-        in_history = (negatives[..., None] == items[:, None, None, :]).any(-1)
-        valid = ((negatives != positives[..., None]) & ~in_history).float()  # [N, L, K]
+        valid = negatives != positives[..., None]  # [N, L, K]
+        if self.cfg.exclude_history_negatives:
+            valid &= ~(negatives[..., None] == items[:, None, None, :]).any(-1)
+        valid = valid.float()
         pos_logit = (u * self.item_emb(positives)).sum(-1)
         neg_logit = (u[:, :, None] * self.item_emb(negatives)).sum(-1)
         per_position = F.softplus(-pos_logit) + (F.softplus(neg_logit) * valid).sum(-1) / valid.sum(-1).clamp(min=1)
