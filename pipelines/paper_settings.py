@@ -53,7 +53,7 @@ PAPER_SETTINGS: dict[str, PaperSetting] = {s.name: s for s in (
         models={"sasrec": {"hidden": 32, "blocks": 2, "heads": 1, "dropout": 0.2},
                 "behavior_set": {"hidden": 32, "blocks": 2, "heads": 2, "dropout": 0.2},
                 # the paper's grid: blocks {2,3}, heads {2,4,8}, dropout 0.2-0.5, experts {4,6,8}; lambda ~0.1
-                "blade": {"hidden": 32, "blocks": 2, "heads": 2, "dropout": 0.2, "experts": 4,
+                "blade": {"hidden": 32, "blocks": 2, "heads": 2, "dropout": 0.2, "experts": 4, "negatives": 1,
                           "contrastive_weight": 0.1, "augmentation": "mixed", "exclude_history_negatives": True}},
         published=[
             Published("SASRec", "sasrec", {"ndcg@10": 0.0104, "hr@10": 0.0204}),

@@ -162,7 +162,9 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         "next-behavior cross-attention; richness-weighted BCE plus contrastive loss over behavior-level "
         "augmentations (paper defaults: d = 32, 2 blocks, 2 heads, 4 experts).", _blade, _blade_config,
         upstream=("behavior_statistics",),
-        defaults={"epochs": 30, "patience": 5, "min_epochs": 8, "batch_size": 64}),
+        # more BCE negatives than the paper's one: with one, the model sits far longer on the plateau of
+        # the small generated datasets (paper settings pass negatives = 1 explicitly)
+        defaults={"epochs": 20, "patience": 5, "min_epochs": 8, "batch_size": 64, "negatives": 100}),
 }
 MODELS = tuple(MODEL_SPECS)
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {name: spec.defaults for name, spec in MODEL_SPECS.items() if spec.defaults}
