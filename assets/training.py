@@ -10,12 +10,13 @@ import warnings
 import dagster as dg
 import polars as pl
 
-from assets.ingest import check_result
+from assets.checks import check_result
 from assets.partitions import dataset_partitions
 from pipelines.contracts import validate_parquet
 from pipelines.reporting import curve_plot, markdown_table, png_markdown
 from pipelines.resources import PipelineSettings
 from pipelines.training.stage import (
+    MODEL_SPECS,
     MODELS,
     TrainingOptions,
     leaderboard,
@@ -42,13 +43,19 @@ class TrainingRunConfig(dg.Config):
     device: str | None = None  # auto | cpu | cuda
     max_minutes: float | None = None
     hidden: int | None = None
-    blocks: int | None = None  # sasrec, behavior_set
+    blocks: int | None = None  # sasrec, behavior_set, blade
     layers: int | None = None  # generative_sid
     heads: int | None = None
     dropout: float | None = None
-    negatives: int | None = None  # behavior_set (BCE negatives), sasrec (sampled softmax; 0 = full)
+    negatives: int | None = None  # behavior_set, blade (BCE negatives), sasrec (sampled softmax; 0 = full)
     richness_weight: float | None = None  # behavior_set
-    contrastive_weight: float | None = None  # behavior_set (> 0: BLADE's contrastive loss on augmentations)
+    contrastive_weight: float | None = None  # behavior_set, blade (lambda; > 0: contrastive loss on augmentations)
+    contrastive_temperature: float | None = None  # behavior_set, blade (tau)
+    augmentation_ratio: float | None = None  # behavior_set, blade (rho)
+    experts: int | None = None  # blade (BGMoE experts)
+    alpha: float | None = None  # blade (weight of the intermediate-fusion branch)
+    augmentation: str | None = None  # blade: mixed | cooccurrence | masking | flipping
+    exclude_history_negatives: bool | None = None  # blade: negatives outside the user's window (paper)
     beam_size: int | None = None  # generative_sid
     history_steps: int | None = None  # generative_sid
 
@@ -56,17 +63,8 @@ class TrainingRunConfig(dg.Config):
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
-UPSTREAM = {"popularity": [], "recent_history": [], "sasrec": [], "behavior_set": ["behavior_statistics"],
-            "generative_sid": ["semantic_ids"]}
-DESCRIPTIONS = {
-    "popularity": "Most popular items of the training sequences (no training).",
-    "recent_history": "The leak-exploiting heuristic: the user's own history, most recent first (no training).",
-    "sasrec": "SASRec: causal self-attention over the item sequence, full-softmax next-item loss.",
-    "behavior_set": "EIDP/BLADE-style behavior-set model: personalized set embeddings, behavior-aware attention, "
-                    "target-behavior conditioning, richness-weighted BCE (optional contrastive loss).",
-    "generative_sid": "Generative semantic-ID model: decoder-only transformer over SID and behavior tokens, "
-                      "constrained beam search over valid SIDs.",
-}
+UPSTREAM = {name: list(spec.upstream) for name, spec in MODEL_SPECS.items()}
+DESCRIPTIONS = {name: spec.description for name, spec in MODEL_SPECS.items()}
 
 
 def _training_asset(name: str) -> dg.AssetsDefinition:
@@ -120,7 +118,7 @@ def evaluation(context: dg.AssetExecutionContext, settings: PipelineSettings, co
         "all_datasets": dg.MetadataValue.md(markdown_table(leaderboard(everything).with_columns(
             pl.col(pl.Float64).round(4)), max_rows=100)),
         "mask_history": mask, "tie_policy": "pessimistic (equal scores rank ahead of the target)",
-        "path": dg.MetadataValue.path(str(settings.paths(cfg.name).stage_dir("evaluation") / "leaderboard.md")),
+        "path": dg.MetadataValue.path(str(settings.paths(cfg.name).evaluation_leaderboard())),
     })
 
 
@@ -128,7 +126,7 @@ def evaluation(context: dg.AssetExecutionContext, settings: PipelineSettings, co
                 description="pandera EvaluationResults (schemas/training.py); every model scored on the same "
                             "test examples, with and without the filter.")
 def evaluation_contract(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
-    path = settings.paths(context.partition_key).stage_dir("evaluation") / "results.parquet"
+    path = settings.paths(context.partition_key).evaluation_results()
     r = validate_parquet(path, EvaluationResults)
     if r.passed:
         overall = pl.read_parquet(path).filter(pl.col("target_behavior") == "all")

@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 
 def prepare(root: Path) -> None:
+    from pipelines.augmentation.stage import materialize_statistics
     from pipelines.registry import load_registry
     from pipelines.semantic_ids.stage import materialize_embeddings, materialize_item_text, materialize_semantic_ids
     from pipelines.sequences.stage import materialize_model_ready, materialize_split, materialize_steps
@@ -36,12 +37,16 @@ def prepare(root: Path) -> None:
 
     cfg = load_registry().get("taobao")
     paths = DatasetPaths(root, "taobao")
+    if not (paths.stage_dir("statistics") / "leave_one_out" / "statistics.json").is_file() and \
+            (paths.stage_dir("splits") / "leave_one_out").is_dir():
+        materialize_statistics(cfg, paths, log=lambda m: None)  # blade's augmentations (cached older work dirs)
     if (paths.stage_dir("semantic_ids") / "semantic_ids.parquet").is_file():
         return
     t = time.perf_counter()
     materialize_steps(cfg, paths, log=lambda m: None)
     materialize_split(cfg, paths, "leave_one_out", log=lambda m: None)
     materialize_model_ready(cfg, paths, log=lambda m: None)
+    materialize_statistics(cfg, paths, log=lambda m: None)
     materialize_item_text(cfg, paths, log=lambda m: None)
     materialize_embeddings(cfg, paths, log=lambda m: None)
     materialize_semantic_ids(cfg, paths, log=lambda m: None)

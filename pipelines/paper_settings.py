@@ -51,13 +51,16 @@ PAPER_SETTINGS: dict[str, PaperSetting] = {s.name: s for s in (
         masking_note="the released EIDP/BLADE evaluation code excludes the user's last 50 history items from the "
                      "ranking; we do the same (mask_history = 50), ties count against the target",
         models={"sasrec": {"hidden": 32, "blocks": 2, "heads": 1, "dropout": 0.2},
-                "behavior_set": {"hidden": 32, "blocks": 2, "heads": 2, "dropout": 0.2}},
+                "behavior_set": {"hidden": 32, "blocks": 2, "heads": 2, "dropout": 0.2},
+                # the paper's grid: blocks {2,3}, heads {2,4,8}, dropout 0.2-0.5, experts {4,6,8}; lambda ~0.1
+                "blade": {"hidden": 32, "blocks": 2, "heads": 2, "dropout": 0.2, "experts": 4, "negatives": 1,
+                          "contrastive_weight": 0.1, "augmentation": "mixed", "exclude_history_negatives": True}},
         published=[
             Published("SASRec", "sasrec", {"ndcg@10": 0.0104, "hr@10": 0.0204}),
             Published("EIDP", "behavior_set", {"ndcg@10": 0.0137, "hr@10": 0.0291},
                       note="our behavior_set model is of the EIDP/BLADE family, not EIDP itself"),
-            Published("BLADE", "behavior_set", {"ndcg@10": 0.0127, "hr@10": 0.0256},
-                      note="our behavior_set model is not BLADE (no BASA/BGMoE)"),
+            Published("BLADE", "blade", {"ndcg@10": 0.0127, "hr@10": 0.0256},
+                      note="the paper reports the best of its three augmentations; ours mixes them (one run)"),
         ],
         dataset_hint="a behavior_set_splits dataset holding the QK-Video release files"),
 )}

@@ -53,7 +53,7 @@ def ingested(cfg: DatasetConfig, root: Path):
     return paths
 
 
-TRAINABLE = ("sasrec", "behavior_set", "generative_sid")
+TRAINABLE = ("sasrec", "behavior_set", "generative_sid", "blade")
 
 
 def materialize_project(dataset: str, root: Path, training: dict | None = None) -> Path:

@@ -23,13 +23,14 @@ def test_run_config_is_valid_for_the_project_job() -> None:
 def test_comparison_puts_published_figures_beside_ours() -> None:
     setting = PAPER_SETTINGS["blade_table1"]
     rows = []
-    for model, ndcg in (("sasrec", 0.02), ("behavior_set", 0.03), ("popularity", 0.01)):
+    for model, ndcg in (("sasrec", 0.02), ("behavior_set", 0.03), ("blade", 0.04), ("popularity", 0.01)):
         for flt in ("all", "off"):
             rows.append({"model": model, "filter": flt, "target_behavior": "all", "ndcg@10": ndcg, "hr@10": 2 * ndcg})
     table = comparison(setting, pl.DataFrame(rows))
     got = {(r["our model"], r["published model"]): r["published NDCG@10"] for r in table.iter_rows(named=True)}
-    assert got == {("behavior_set", "EIDP"): 0.0137, ("behavior_set", "BLADE"): 0.0127, ("sasrec", "SASRec"): 0.0104,
+    assert got == {("behavior_set", "EIDP"): 0.0137, ("blade", "BLADE"): 0.0127, ("sasrec", "SASRec"): 0.0104,
                    ("popularity", ""): None}
+    assert setting.models["blade"]["hidden"] == 32 and setting.max_len == 50
 
 
 def test_a_dataset_unlike_the_papers_is_refused(registry) -> None:

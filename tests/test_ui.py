@@ -92,7 +92,7 @@ def test_a_partition_materializes_through_the_webserver(webserver, data_root):
 
     host, port = webserver.removeprefix("http://").split(":")
     client = DagsterGraphQLClient(host, port_number=int(port))
-    fast = {f"trained_{m}": {"config": {"epochs": 1}} for m in ("sasrec", "behavior_set", "generative_sid")}
+    fast = {f"trained_{m}": {"config": {"epochs": 1}} for m in ("sasrec", "behavior_set", "generative_sid", "blade")}
     run_id = client.submit_job_execution("materialize_all", tags={"dagster/partition": "blade_qk_video"},
                                          run_config={"ops": fast})
     deadline = time.monotonic() + 300

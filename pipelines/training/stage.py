@@ -1,11 +1,9 @@
 """File-level orchestration of training and evaluation (what the Dagster assets call; no Dagster here).
 
-Layout under data/outputs/<dataset>/:
-    training/<protocol>/<model>/checkpoint.pt   best weights + model/run config + data version
-    training/<protocol>/<model>/run.json        the same metadata and the training curve, readable
-    evaluation/results.parquet                  one row per (model, filter, breakdown)
-    evaluation/leaderboard.md
-and across datasets: data/outputs/leaderboard.parquet, data/outputs/leaderboard.md.
+Writes, through ``pipelines.layout``: per protocol and model the checkpoint (best weights, model and
+run config, data version) and its readable run record with the training curve; per dataset the
+evaluation results (one row per model, filter and breakdown) and leaderboard; across datasets the
+global leaderboard.
 """
 
 from __future__ import annotations
@@ -23,28 +21,151 @@ import polars as pl
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipelines.layout import evaluation_results_of_every_dataset, global_leaderboard
 from pipelines.registry import DatasetConfig, RegistryError, stage_options
-from pipelines.reporting import markdown_table
+from pipelines.reporting import Log, markdown_table
 from pipelines.sequences import model_ready
 from pipelines.sequences.options import SequenceOptions
 from pipelines.sequences.splits import check_protocol, default_protocol
-from pipelines.sequences.stage import ROWS_PER_SHARD, split_dir, steps_path
+from pipelines.sequences.stage import ROWS_PER_SHARD
 from pipelines.storage import DatasetPaths, read_user_range, user_shards, write_parquet_atomic, write_text_atomic
 from pipelines.training.evaluate import evaluate
 from pipelines.training.models.base import DatasetInfo, Recommender
 from pipelines.training.trainer import TrainConfig, load_checkpoint, save_checkpoint, train
 
-Log = Callable[[str], None]
-MODELS = ("popularity", "recent_history", "sasrec", "behavior_set", "generative_sid")
 KS = (5, 10, 20)
-# Defaults per model, tuned on the generated datasets (small: ~1.5k users). Epoch counts, not wall-clock
-# budgets, so the same inputs give the same checkpoints (max_minutes exists for interactive runs). Registry
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildContext:
+    """What a model builder may read besides its own hyperparameters."""
+
+    info: DatasetInfo
+    paths: DatasetPaths
+    cfg: DatasetConfig
+    protocol: str
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """One registered model: everything the stage, the assets and the registry validation need.
+
+    ``config``: the model's config dataclass (lazy import; None for count-based baselines);
+    ``build``: (model params, context) -> model; ``upstream``: assets the training asset depends on
+    besides ``model_ready_sequences``; ``defaults``: hyperparameters (model and TrainConfig fields)
+    below the registry's and the run config's; ``data_files``: files besides the model-ready arrays
+    that the checkpoint's data version covers."""
+
+    description: str
+    build: Callable[[dict[str, Any], BuildContext], Recommender]
+    config: Callable[[], type | None] = lambda: None
+    upstream: tuple[str, ...] = ()
+    defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
+    data_files: Callable[[DatasetPaths], list[Path]] = lambda paths: []
+
+
+def _popularity(params: dict[str, Any], ctx: BuildContext) -> Recommender:
+    from pipelines.training.models.popularity import Popularity
+    return Popularity(ctx.info)
+
+
+def _recent_history(params: dict[str, Any], ctx: BuildContext) -> Recommender:
+    from pipelines.training.models.recent_history import RecentHistory
+    return RecentHistory(ctx.info)
+
+
+def _sasrec_config() -> type:
+    from pipelines.training.models.sasrec import SASRecConfig
+    return SASRecConfig
+
+
+def _sasrec(params: dict[str, Any], ctx: BuildContext) -> Recommender:
+    from pipelines.training.models.sasrec import SASRec, SASRecConfig
+    return SASRec(ctx.info, SASRecConfig(**params))
+
+
+def _training_statistics(ctx: BuildContext) -> tuple[dict[str, Any], list[int]]:
+    """The augmentation stage's statistics of the training split and the auxiliary behaviors' indices."""
+    stats = json.loads(ctx.paths.statistics(ctx.protocol).read_text())
+    return stats, [ctx.cfg.behavior_names.index(b) for b in ctx.cfg.auxiliary]
+
+
+def _behavior_set_config() -> type:
+    from pipelines.training.models.behavior_set import BehaviorSetConfig
+    return BehaviorSetConfig
+
+
+def _behavior_set(params: dict[str, Any], ctx: BuildContext) -> Recommender:
+    from pipelines.training.models.behavior_set import BehaviorSetConfig, BehaviorSetModel, default_augment
+    mcfg = BehaviorSetConfig(**params)
+    augment = None
+    if mcfg.contrastive_weight > 0:
+        stats, aux = _training_statistics(ctx)
+        augment = default_augment(np.array(stats["M"]), np.array(stats["mask_prob"]), aux,
+                                  mcfg.augmentation_ratio, ctx.seed)
+    return BehaviorSetModel(ctx.info, mcfg, augment=augment)
+
+
+def _blade_config() -> type:
+    from pipelines.training.models.blade import BladeConfig
+    return BladeConfig
+
+
+def _blade(params: dict[str, Any], ctx: BuildContext) -> Recommender:
+    from pipelines.training.models.blade import Blade, BladeConfig, make_augment
+    mcfg = BladeConfig(**params)
+    augment = None
+    if mcfg.contrastive_weight > 0:
+        stats, aux = _training_statistics(ctx)
+        augment = make_augment(mcfg.augmentation, np.array(stats["M_prob"]), np.array(stats["mask_prob"]), aux,
+                               mcfg.augmentation_ratio, ctx.seed)
+    return Blade(ctx.info, mcfg, augment=augment)
+
+
+def _generative_sid_config() -> type:
+    from pipelines.training.models.generative_sid import GenerativeSIDConfig
+    return GenerativeSIDConfig
+
+
+def _generative_sid(params: dict[str, Any], ctx: BuildContext) -> Recommender:
+    from pipelines.training.models.generative_sid import GenerativeSID, GenerativeSIDConfig
+    codes, sizes = semantic_id_codes(ctx.paths)
+    return GenerativeSID(ctx.info, codes, sizes, GenerativeSIDConfig(**params))
+
+
+# The one table of models: adding a model is one entry here (the assets, the registry validation, the
+# Dagster run config's defaults and the evaluation all read it). Order = leaderboard / asset order.
+# Defaults are tuned on the generated datasets (small: ~1.5k users). Epoch counts, not wall-clock budgets,
+# so the same inputs give the same checkpoints (max_minutes exists for interactive runs). Registry
 # ``stages.training.models.<model>`` and the Dagster run config override them.
-DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
-    "sasrec": {"epochs": 30, "patience": 5},
-    "behavior_set": {"epochs": 20, "patience": 5, "min_epochs": 8, "batch_size": 32},
-    "generative_sid": {"epochs": 20, "patience": 5, "min_epochs": 8, "learning_rate": 3e-3, "batch_size": 64},
+MODEL_SPECS: dict[str, ModelSpec] = {
+    "popularity": ModelSpec("Most popular items of the training sequences (no training).", _popularity),
+    "recent_history": ModelSpec("The leak-exploiting heuristic: the user's own history, most recent first "
+                                "(no training).", _recent_history),
+    "sasrec": ModelSpec("SASRec: causal self-attention over the item sequence, full-softmax next-item loss.",
+                        _sasrec, _sasrec_config, defaults={"epochs": 30, "patience": 5}),
+    "behavior_set": ModelSpec(
+        "Behavior-set model of the EIDP/BLADE family (neither EIDP nor BLADE): personalized set embeddings, "
+        "behavior-pair attention bias, target-behavior conditioning, richness-weighted BCE (optional "
+        "contrastive loss).", _behavior_set, _behavior_set_config, upstream=("behavior_statistics",),
+        defaults={"epochs": 20, "patience": 5, "min_epochs": 8, "batch_size": 32}),
+    "generative_sid": ModelSpec(
+        "Generative semantic-ID model: decoder-only transformer over SID and behavior tokens, constrained beam "
+        "search over valid SIDs.", _generative_sid, _generative_sid_config, upstream=("semantic_ids",),
+        defaults={"epochs": 20, "patience": 5, "min_epochs": 8, "learning_rate": 3e-3, "batch_size": 64},
+        data_files=lambda paths: [paths.semantic_ids()]),
+    "blade": ModelSpec(
+        "BLADE (AAAI 2026): early fusion + behavior-aware self-attention and behavior-guided mixture of experts, "
+        "next-behavior cross-attention; richness-weighted BCE plus contrastive loss over behavior-level "
+        "augmentations (paper defaults: d = 32, 2 blocks, 2 heads, 4 experts).", _blade, _blade_config,
+        upstream=("behavior_statistics",),
+        # more BCE negatives than the paper's one: with one, the model sits far longer on the plateau of
+        # the small generated datasets (paper settings pass negatives = 1 explicitly)
+        defaults={"epochs": 20, "patience": 5, "min_epochs": 8, "batch_size": 64, "negatives": 100}),
 }
+MODELS = tuple(MODEL_SPECS)
+DEFAULT_PARAMS: dict[str, dict[str, Any]] = {name: spec.defaults for name, spec in MODEL_SPECS.items() if spec.defaults}
 
 
 class TrainingOptions(BaseModel):
@@ -72,20 +193,15 @@ class TrainingOptions(BaseModel):
         return DEFAULT_PARAMS.get(name, {}) | self.models.get(name, {}) | (overrides or {})
 
 
+def model_spec(name: str) -> ModelSpec:
+    if name not in MODEL_SPECS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    return MODEL_SPECS[name]
+
+
 def model_config_class(name: str) -> type | None:
     """The config dataclass of a model (None for the count-based baselines)."""
-    if name == "sasrec":
-        from pipelines.training.models.sasrec import SASRecConfig
-        return SASRecConfig
-    if name == "behavior_set":
-        from pipelines.training.models.behavior_set import BehaviorSetConfig
-        return BehaviorSetConfig
-    if name == "generative_sid":
-        from pipelines.training.models.generative_sid import GenerativeSIDConfig
-        return GenerativeSIDConfig
-    if name in ("popularity", "recent_history"):
-        return None
-    raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    return model_spec(name).config()
 
 
 def split_configs(name: str, params: dict[str, Any]) -> tuple[dict[str, Any], TrainConfig]:
@@ -102,27 +218,26 @@ def split_configs(name: str, params: dict[str, Any]) -> tuple[dict[str, Any], Tr
 
 
 def model_ready_dir(paths: DatasetPaths, protocol: str) -> Path:
-    return paths.stage_dir("model_ready") / protocol
+    return paths.model_ready_dir(protocol)
 
 
 def load_arrays(paths: DatasetPaths, protocol: str, role: str) -> dict[str, np.ndarray]:
-    path = model_ready_dir(paths, protocol) / f"{role}.npz"
+    path = paths.model_ready(protocol, role)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: materialize model_ready_sequences for protocol '{protocol}' first")
     return model_ready.load(path)
 
 
 def dataset_info(paths: DatasetPaths, cfg: DatasetConfig, max_len: int) -> DatasetInfo:
-    ingest = paths.stage_dir("ingest")
-    count = lambda f: pl.scan_parquet(ingest / f).select(pl.len()).collect().item()  # noqa: E731
-    return DatasetInfo(n_items=count("item_id_map.parquet"), n_users=count("user_id_map.parquet"),
+    count = lambda f: pl.scan_parquet(f).select(pl.len()).collect().item()  # noqa: E731
+    return DatasetInfo(n_items=count(paths.item_id_map()), n_users=count(paths.user_id_map()),
                        n_behaviors=len(cfg.behaviors), max_len=max_len)
 
 
 def data_version(paths: DatasetPaths, protocol: str, extra: list[Path] = ()) -> str:
     """sha256 over the model-ready arrays (and e.g. the SIDs) a model was trained on."""
     h = hashlib.sha256()
-    for f in [*(model_ready_dir(paths, protocol) / f"{r}.npz" for r in ("train", "valid", "test")), *extra]:
+    for f in [*(paths.model_ready(protocol, r) for r in ("train", "valid", "test")), *extra]:
         h.update(f.name.encode())
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
@@ -132,11 +247,10 @@ def data_version(paths: DatasetPaths, protocol: str, extra: list[Path] = ()) -> 
 
 def semantic_id_codes(paths: DatasetPaths) -> tuple[np.ndarray, list[int]]:
     """Codes [n_items, D] (semantic levels + dedup) and the size of each level, from the SIDs asset."""
-    out = paths.stage_dir("semantic_ids")
-    if not (out / "semantic_ids.parquet").is_file():
-        raise FileNotFoundError(f"{out / 'semantic_ids.parquet'} not found: materialize semantic_ids first")
-    table = pl.read_parquet(out / "semantic_ids.parquet").sort("item_id")
-    build = json.loads((out / "build.json").read_text())
+    if not paths.semantic_ids().is_file():
+        raise FileNotFoundError(f"{paths.semantic_ids()} not found: materialize semantic_ids first")
+    table = pl.read_parquet(paths.semantic_ids()).sort("item_id")
+    build = json.loads(paths.semantic_id_build().read_text())
     codes = np.stack(table["codes"].to_numpy())
     if build["dedup"]:
         codes = np.concatenate([codes, table["dedup"].to_numpy()[:, None]], axis=1)
@@ -145,35 +259,13 @@ def semantic_id_codes(paths: DatasetPaths) -> tuple[np.ndarray, list[int]]:
 
 def build_model(name: str, info: DatasetInfo, model_params: dict[str, Any], paths: DatasetPaths,
                 cfg: DatasetConfig, protocol: str, seed: int) -> Recommender:
-    torch.manual_seed(seed)  # weights and the behavior-set model's negative sampler
-    if name == "popularity":
-        from pipelines.training.models.popularity import Popularity
-        return Popularity(info)
-    if name == "recent_history":
-        from pipelines.training.models.recent_history import RecentHistory
-        return RecentHistory(info)
-    if name == "sasrec":
-        from pipelines.training.models.sasrec import SASRec, SASRecConfig
-        return SASRec(info, SASRecConfig(**model_params))
-    if name == "behavior_set":
-        from pipelines.training.models.behavior_set import BehaviorSetConfig, BehaviorSetModel, default_augment
-        mcfg = BehaviorSetConfig(**model_params)
-        augment = None
-        if mcfg.contrastive_weight > 0:
-            stats = json.loads((paths.stage_dir("statistics") / protocol / "statistics.json").read_text())
-            aux = [cfg.behavior_names.index(b) for b in cfg.auxiliary]
-            augment = default_augment(np.array(stats["M"]), np.array(stats["mask_prob"]), aux,
-                                      mcfg.augmentation_ratio, seed)
-        return BehaviorSetModel(info, mcfg, augment=augment)
-    if name == "generative_sid":
-        from pipelines.training.models.generative_sid import GenerativeSID, GenerativeSIDConfig
-        codes, sizes = semantic_id_codes(paths)
-        return GenerativeSID(info, codes, sizes, GenerativeSIDConfig(**model_params))
-    raise ValueError(f"unknown model {name!r}")
+    spec = model_spec(name)
+    torch.manual_seed(seed)  # weights and the behavior-set models' negative samplers
+    return spec.build(model_params, BuildContext(info, paths, cfg, protocol, seed))
 
 
 def run_dir(paths: DatasetPaths, protocol: str, name: str) -> Path:
-    return paths.stage_dir("training") / protocol / name
+    return paths.run_dir(protocol, name)
 
 
 def materialize_training(cfg: DatasetConfig, paths: DatasetPaths, name: str, params: dict[str, Any], *,
@@ -187,7 +279,7 @@ def materialize_training(cfg: DatasetConfig, paths: DatasetPaths, name: str, par
     log(f"{cfg.name}/{protocol}/{name}: {n_params:,} parameters; {len(train_arrays['user_ids']):,} training "
         f"sequences, {len(valid_arrays['user_ids']):,} validation examples")
     result = train(model, train_arrays, valid_arrays, cfg.behavior_names, train_cfg, log=log)
-    extra = [paths.stage_dir("semantic_ids") / "semantic_ids.parquet"] if name == "generative_sid" else []
+    extra = model_spec(name).data_files(paths)
     cls = model_config_class(name)
     resolved = dataclasses.asdict(cls(**model_params)) if cls else {}  # every field, defaults included
     meta = {"dataset": cfg.name, "protocol": protocol, "model": name, "model_config": resolved,
@@ -214,7 +306,7 @@ def reproducible(meta: dict[str, Any]) -> dict[str, Any]:
 
 def load_trained(paths: DatasetPaths, cfg: DatasetConfig, protocol: str, name: str,
                  device: str = "cpu") -> tuple[Recommender, dict[str, Any]]:
-    ckpt = load_checkpoint(run_dir(paths, protocol, name) / "checkpoint.pt")
+    ckpt = load_checkpoint(paths.checkpoint(protocol, name))
     info = DatasetInfo(**ckpt["info"])
     model = build_model(name, info, ckpt["model_config"], paths, cfg, protocol, ckpt["train_config"]["seed"])
     model.load_state_dict(ckpt["state_dict"])
@@ -228,9 +320,9 @@ def unfiltered_test_arrays(cfg: DatasetConfig, paths: DatasetPaths, protocol: st
     """Test arrays built from the examples *before* the leakage filter (same targets, leaky histories)."""
     max_len = SequenceOptions.of(cfg).max_len
     parts = []
-    for lo, hi in user_shards(steps_path(paths), rows_per_shard):
-        steps = read_user_range(steps_path(paths), lo, hi)
-        ex = read_user_range(split_dir(paths, protocol) / "examples_unfiltered.parquet", lo, hi) \
+    for lo, hi in user_shards(paths.steps(), rows_per_shard):
+        steps = read_user_range(paths.steps(), lo, hi)
+        ex = read_user_range(paths.examples(protocol, filtered=False), lo, hi) \
             .filter(pl.col("role") == "test")
         parts.append(model_ready.build(steps, ex, max_len))
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -289,9 +381,9 @@ def leaderboard_markdown(table: pl.DataFrame, title: str) -> str:
 
 def update_global_leaderboard(data_root: Path) -> pl.DataFrame:
     """Concatenate every dataset's evaluation results into data/outputs/leaderboard.{parquet,md}."""
-    files = sorted((data_root / "outputs").glob("*/evaluation/results.parquet"))
+    files = evaluation_results_of_every_dataset(data_root)
     table = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed") if files else pl.DataFrame()
     if table.height:
-        write_parquet_atomic(table, data_root / "outputs" / "leaderboard.parquet")
-        write_text_atomic(leaderboard_markdown(table, "Leaderboard: all datasets"), data_root / "outputs" / "leaderboard.md")
+        write_parquet_atomic(table, global_leaderboard(data_root, "parquet"))
+        write_text_atomic(leaderboard_markdown(table, "Leaderboard: all datasets"), global_leaderboard(data_root, "md"))
     return table
