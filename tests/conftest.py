@@ -59,14 +59,16 @@ TRAINABLE = ("sasrec", "behavior_set", "generative_sid", "blade")
 def materialize_project(dataset: str, root: Path, training: dict | None = None) -> Path:
     """Run the project's own `materialize_all` job for one partition against ``root``; returns its outputs.
 
-    ``training``: run config of the trained_* assets; by default one epoch each (tests that are not
-    about model quality stay fast)."""
+    ``training``: run config of the trained_* assets, either one config for every model or one per
+    model name (models not named get the registry's defaults); by default one epoch each (tests that
+    are not about model quality stay fast)."""
     import dagster as dg
 
     from pipelines.definitions import defs
 
     training = {"epochs": 1} if training is None else training
-    ops = {f"trained_{name}": {"config": training.get(name, training)} for name in TRAINABLE}
+    per_model = any(k in TRAINABLE for k in training)
+    ops = {f"trained_{name}": {"config": training.get(name, {}) if per_model else training} for name in TRAINABLE}
     with dg.DagsterInstance.ephemeral() as instance:
         run = defs.resolve_job_def("materialize_all").execute_in_process(
             partition_key=dataset, instance=instance,
