@@ -99,8 +99,10 @@ def test_blocking_check_fails_the_run_when_ingest_writes_a_violation(tmp_path, m
     result = dg.materialize([ingest, *ingest_checks], partition_key="blade_qk_video",
                             resources={"settings": settings}, raise_on_error=False)
     failed = {e.check_name: e for e in result.get_asset_check_evaluations() if not e.passed}
-    assert set(failed) == {"canonical_events_contract"}
+    # the contract names the column; the consistency check sees a file changed after its publish
+    assert set(failed) == {"canonical_events_contract", "ingest_consistency_check"}
     assert "event_order" in failed["canonical_events_contract"].metadata["message"].value
+    assert "manifest" in failed["ingest_consistency_check"].metadata["message"].value
     assert failed["canonical_events_contract"].blocking
 
 

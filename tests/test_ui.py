@@ -105,8 +105,8 @@ def test_a_partition_materializes_through_the_webserver(webserver, data_root):
     assert status == "SUCCESS"
     out = data_root / "outputs" / "blade_qk_video"
     assert (out / "ingest" / "events.parquet").is_file() and (out / "leakage" / "audit.parquet").is_file()
-    assert (out / "model_ready" / "leave_one_out" / "test.npz").is_file()
+    assert (out / "model_ready" / "released" / "test.npz").is_file()  # a release trains on its own split
     # raw logs to the leaderboard: semantic IDs, checkpoints, evaluation
     assert (out / "semantic_ids" / "exports" / "blade_qk_video.index.json").is_file()
-    assert (out / "training" / "leave_one_out" / "generative_sid" / "checkpoint.pt").is_file()
+    assert (out / "training" / "released" / "generative_sid" / "checkpoint.pt").is_file()
     assert "blade_qk_video" in (data_root / "outputs" / "leaderboard.md").read_text()
