@@ -70,14 +70,7 @@ def write_npz_atomic(arrays: dict[str, "np.ndarray"], path: Path) -> Path:
 
 
 def write_text_atomic(text: str, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_bytes_atomic(text.encode(), path)
 
 
 class StagedOutputs:
