@@ -11,7 +11,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 .PHONY: demo test install browser ui bench-ingest bench-duckdb clean
 
 demo: install
-	$(BIN)/python -m pipelines.demo
+	$(BIN)/python -m assets.demo
 
 test: install browser
 	$(BIN)/python -m pytest

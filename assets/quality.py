@@ -57,6 +57,33 @@ def model_ready_expectations(context: dg.AssetCheckExecutionContext, settings: P
 quality_checks = [canonical_events_expectations, model_ready_expectations]
 
 
+def latest_check_results(instance: dg.DagsterInstance, partition_key: str, keys: list[dg.AssetCheckKey],
+                         runs_back: int = 25) -> list[dict[str, str]]:
+    """The newest evaluation of each check for one dataset partition, from its recent runs.
+
+    Public instance API only: the partition's runs (``get_run_records`` by the partition tag), newest
+    first, and each run's check-evaluation events (``all_logs``).
+    """
+    wanted = set(keys)
+    newest: dict[dg.AssetCheckKey, object] = {}
+    runs = instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": partition_key}), limit=runs_back)
+    for run in runs:  # newest first
+        for entry in instance.all_logs(run.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
+            evaluation = entry.dagster_event.event_specific_data if entry.dagster_event else None
+            key = getattr(evaluation, "asset_check_key", None)
+            if key in wanted and key not in newest:
+                newest[key] = evaluation
+        if len(newest) == len(wanted):
+            break
+    rows = []
+    for key in sorted(newest, key=lambda k: (k.asset_key.to_user_string(), k.name)):
+        evaluation = newest[key]
+        rows.append({"asset": key.asset_key.to_user_string(), "check": key.name,
+                     "result": "passed" if getattr(evaluation, "passed", False) else "FAILED",
+                     "message": (getattr(evaluation, "description", None) or "")[:200]})
+    return rows
+
+
 @dg.asset(
     deps=producers_of("leakage_audit", "statistics", "model_ready", "sequential_views", "exports", "semantic_ids",
                       "evaluation_results"),
@@ -66,8 +93,6 @@ quality_checks = [canonical_events_expectations, model_ready_expectations]
                 "latest check results, provenance.",
 )
 def dataset_card(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
-    from dagster._core.event_api import PartitionKeyFilter
-
     from pipelines.dataset_card import write_card
 
     cfg = settings.dataset(context.partition_key)
@@ -80,16 +105,7 @@ def dataset_card(context: dg.AssetExecutionContext, settings: PipelineSettings) 
     keys = [k for chk in (*ingest_checks, *sequence_checks, *augmentation_checks, *semantic_id_checks,
                           *training_checks, *quality_checks)
             for k in chk.check_keys]
-    latest = context.instance.event_log_storage.get_latest_asset_check_execution_by_key(
-        keys, partition_filter=PartitionKeyFilter(key=context.partition_key))
-    checks = []
-    for key in sorted(latest, key=lambda k: (k.asset_key.to_user_string(), k.name)):
-        record = latest[key]
-        evaluation = record.event.dagster_event.event_specific_data if record.event and record.event.dagster_event else None
-        passed = getattr(evaluation, "passed", None)
-        checks.append({"asset": key.asset_key.to_user_string(), "check": key.name,
-                       "result": record.status.value if passed is None else ("passed" if passed else "FAILED"),
-                       "message": (getattr(evaluation, "description", None) or "")[:200]})
+    checks = latest_check_results(context.instance, context.partition_key, keys)
     files = write_card(cfg, settings.paths(cfg.name), checks)
     return dg.MaterializeResult(metadata={
         "html": dg.MetadataValue.path(str(files["html"])), "markdown": dg.MetadataValue.path(str(files["markdown"])),

@@ -5,10 +5,12 @@ Thin Dagster wrappers; the logic is ``pipelines.training``.
 """
 
 import json
+import typing
 import warnings
 
 import dagster as dg
 import polars as pl
+import pydantic
 
 from assets.checks import check_result
 from assets.partitions import dataset_partitions
@@ -22,8 +24,10 @@ from pipelines.training.stage import (
     leaderboard,
     materialize_evaluation,
     materialize_training,
+    model_config_class,
     update_global_leaderboard,
 )
+from pipelines.training.trainer import TrainConfig
 from schemas.training import EvaluationResults
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
@@ -33,34 +37,23 @@ GROUP = "training"
 class TrainingRunConfig(dg.Config):
     """Hyperparameters of one training run; unset fields keep the registry's / the model's defaults."""
 
-    epochs: int | None = None
-    batch_size: int | None = None
-    learning_rate: float | None = None
-    weight_decay: float | None = None
-    patience: int | None = None
-    min_epochs: int | None = None  # early stopping waits at least this many epochs
-    seed: int | None = None
-    device: str | None = None  # auto | cpu | cuda
-    max_minutes: float | None = None
-    hidden: int | None = None
-    blocks: int | None = None  # sasrec, behavior_set, blade
-    layers: int | None = None  # generative_sid
-    heads: int | None = None
-    dropout: float | None = None
-    negatives: int | None = None  # behavior_set, blade (BCE negatives), sasrec (sampled softmax; 0 = full)
-    richness_weight: float | None = None  # behavior_set
-    contrastive_weight: float | None = None  # behavior_set, blade (lambda; > 0: contrastive loss on augmentations)
-    contrastive_temperature: float | None = None  # behavior_set, blade (tau)
-    augmentation_ratio: float | None = None  # behavior_set, blade (rho)
-    experts: int | None = None  # blade (BGMoE experts)
-    alpha: float | None = None  # blade (weight of the intermediate-fusion branch)
-    augmentation: str | None = None  # blade: mixed | cooccurrence | masking | flipping
-    exclude_history_negatives: bool | None = None  # blade: negatives outside the user's window (paper)
-    beam_size: int | None = None  # generative_sid
-    history_steps: int | None = None  # generative_sid
-
     def overrides(self) -> dict:
         return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+def run_config_class(name: str) -> type[TrainingRunConfig]:
+    """The run config of ``trained_<name>``, derived from the model's config dataclass and ``TrainConfig``.
+
+    Every field is optional (unset: the registry's / the model's default), so a model's table entry is all
+    it takes to get its launchpad form, and a field the model does not have fails when the run is launched.
+    """
+    hints: dict[str, object] = {}
+    for cls in (model_config_class(name), TrainConfig):
+        if cls is not None:
+            hints |= typing.get_type_hints(cls)
+    fields = {field: (hint | None, None) for field, hint in hints.items()}
+    title = "".join(part.title() for part in name.split("_"))
+    return pydantic.create_model(f"Train{title}Config", __base__=TrainingRunConfig, **fields)
 
 
 UPSTREAM = {name: list(spec.upstream) for name, spec in MODEL_SPECS.items()}
@@ -68,11 +61,13 @@ DESCRIPTIONS = {name: spec.description for name, spec in MODEL_SPECS.items()}
 
 
 def _training_asset(name: str) -> dg.AssetsDefinition:
+    run_config = run_config_class(name)
+
     @dg.asset(name=f"trained_{name}", deps=["model_ready_sequences", *UPSTREAM[name]], partitions_def=dataset_partitions,
               group_name=GROUP, kinds={"torch"},
               description=f"{DESCRIPTIONS[name]} Early stopping on validation NDCG@10; checkpoint with its config "
                           "and data version under training/<protocol>/" + name + "/.")
-    def _asset(context: dg.AssetExecutionContext, settings: PipelineSettings, config: TrainingRunConfig) -> dg.MaterializeResult:
+    def _asset(context: dg.AssetExecutionContext, settings: PipelineSettings, config: run_config) -> dg.MaterializeResult:  # type: ignore[valid-type]
         cfg = settings.dataset(context.partition_key)
         opts = TrainingOptions.of(cfg)
         meta = materialize_training(cfg, settings.paths(cfg.name), name, opts.params(name, config.overrides()),

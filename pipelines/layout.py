@@ -27,6 +27,10 @@ DATA_ROOT_ENV = "MBREC_DATA_ROOT"
 INGEST_FILES = {"events": "events.parquet", "user_id_map": "user_id_map.parquet",
                 "item_id_map": "item_id_map.parquet", "item_side_info": "item_side_info.parquet",
                 "quarantine": "quarantine.parquet", "ingest_report": "ingest_report.json", "source": "source.json"}
+# The file names of an EIDP/BLADE split release, per role: the raw files of format
+# ``behavior_set_splits`` and the ``exports/blade/`` artifacts (written in the same shape).
+RELEASE_SPLIT_FILES = {"train": "train.txt", "valid": "valid.txt", "between": "between_val_test.txt",
+                       "test": "test.txt"}
 
 
 def failed_attempt_dir(stage_dir: Path) -> Path:

@@ -61,6 +61,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from pipelines.layout import RELEASE_SPLIT_FILES
+
 __all__ = ["FORMATS", "SyntheticSpec", "main", "spec_for_rows", "write_synthetic"]
 
 FORMATS: tuple[str, ...] = ("taobao", "tmall", "retailrocket", "kuaisar", "tenrec", "behavior_set_splits")
@@ -103,10 +105,7 @@ _HEADERS: dict[str, str | None] = {
     "QK-video.csv": "user_id,item_id,click,follow,like,share,video_category,watching_times,gender,age",
     "QK-article.csv": "user_id,item_id,click,like,share,follow,read,favorite,read_percentage,"
     "category_first,category_second,gender,age",
-    "train.txt": None,
-    "valid.txt": None,
-    "between_val_test.txt": None,
-    "test.txt": None,
+    **{name: None for name in RELEASE_SPLIT_FILES.values()},
 }
 
 # Topic vocabulary: name, category names, extra words (third-level category names are "<category> <word>").
@@ -812,7 +811,7 @@ def _tenrec_chunk(world: _World, spec: SyntheticSpec, ci: int, u0: int, u1: int)
 
 
 # ---------------------------------------------------------------------------- behavior-set splits
-_SPLIT_FILES = ("train.txt", "valid.txt", "between_val_test.txt", "test.txt")
+_SPLIT_FILES = tuple(RELEASE_SPLIT_FILES.values())
 
 
 def _splits_chunk(world: _World, spec: SyntheticSpec, ci: int, u0: int, u1: int) -> dict[str, pl.DataFrame]:
@@ -870,8 +869,9 @@ def _splits_chunk(world: _World, spec: SyntheticSpec, ci: int, u0: int, u1: int)
         order = np.lexsort((rng.permutation(s.n_users)[u], pos // block_len[u]))  # block, then a user order
         return base[rows[order]]
 
-    return {"train.txt": interleaved(train), "valid.txt": base.filter(pl.Series(is_valid)),
-            "between_val_test.txt": interleaved(between), "test.txt": base.filter(pl.Series(is_test))}
+    names = RELEASE_SPLIT_FILES
+    return {names["train"]: interleaved(train), names["valid"]: base.filter(pl.Series(is_valid)),
+            names["between"]: interleaved(between), names["test"]: base.filter(pl.Series(is_test))}
 
 
 # ============================================================================ driver

@@ -64,7 +64,7 @@ def materialize_project(dataset: str, root: Path, training: dict | None = None) 
     are not about model quality stay fast)."""
     import dagster as dg
 
-    from pipelines.definitions import defs
+    from assets.definitions import defs
 
     training = {"epochs": 1} if training is None else training
     per_model = any(k in TRAINABLE for k in training)

@@ -13,7 +13,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from pipelines.definitions import defs
+from assets.definitions import defs
 from pipelines.resources import PipelineSettings
 
 ASSETS = list(defs.assets)
@@ -33,38 +33,39 @@ def set_col(col, value, dtype):
     return lambda d: d.with_columns(pl.lit(value, dtype).alias(col))
 
 
-CASES = [  # asset, stage function (module, name), file under outputs/kuaisar, corruption, failing check, downstream
+CASES = [  # asset, stage function (module, name), file under outputs/kuaisar, corruption, failing check,
+    # what its message must name (the column, key or file), downstream
     ("canonical_events", ("pipelines.ingest.core", "ingest_dataset"), "ingest/events.parquet",
-     set_col("event_order", 1, pl.Int64), "canonical_events_contract", "behavior_sets"),
+     set_col("event_order", 1, pl.Int64), "canonical_events_contract", "event_order", "behavior_sets"),
     ("canonical_events", ("pipelines.ingest.core", "ingest_dataset"), "ingest/user_id_map.parquet",
-     lambda d: d.head(d.height - 1), "ingest_consistency_check", "behavior_sets"),
+     lambda d: d.head(d.height - 1), "ingest_consistency_check", "user", "behavior_sets"),
     ("behavior_sets", ("pipelines.sequences.stage", "materialize_steps"), "sequences/steps.parquet",
-     set_col("behaviors", 0, pl.UInt16), "behavior_sets_contract", "split_leave_one_out"),
+     set_col("behaviors", 0, pl.UInt16), "behavior_sets_contract", "behaviors", "split_leave_one_out"),
     ("split_eidp", ("pipelines.sequences.stage", "materialize_split"), "splits/eidp/examples.parquet",
-     lambda d: d.with_columns((pl.col("target_step") + 1).alias("history_end")), "split_eidp_contract", "leakage_audit"),
+     lambda d: d.with_columns((pl.col("target_step") + 1).alias("history_end")), "split_eidp_contract", "history_end", "leakage_audit"),
     ("split_temporal", ("pipelines.sequences.stage", "materialize_split"), "splits/temporal/examples.parquet",
-     lambda d: d.with_columns(pl.lit([], pl.List(pl.UInt32)).alias("dropped_steps")), "split_temporal_consistency",
+     lambda d: d.with_columns(pl.lit([], pl.List(pl.UInt32)).alias("dropped_steps")), "split_temporal_consistency", "dropped_steps",
      "leakage_audit"),
     ("leakage_audit", ("pipelines.sequences.stage", "materialize_audit"), "leakage/audit.parquet",
-     set_col("share_in_last_k", 2.0, pl.Float64), "leakage_audit_contract", "dataset_card"),
+     set_col("share_in_last_k", 2.0, pl.Float64), "leakage_audit_contract", "share_in_last_k", "dataset_card"),
     ("sequential_augmentation", ("assets.augmentation", "materialize_sequential_views"),
      "augmentation/eidp/sequential_views.parquet", set_col("behaviors", 0, pl.UInt16),
-     "sequential_augmentation_contract", "dataset_card"),
+     "sequential_augmentation_contract", "behaviors", "dataset_card"),
     ("behavior_statistics", ("assets.augmentation", "materialize_statistics"), "statistics/eidp/statistics.json",
-     lambda text: text.replace('"M": [\n  [\n   0,', '"M": [\n  [\n   7,', 1), "behavior_statistics_consistency",
+     lambda text: text.replace('"M": [\n  [\n   0,', '"M": [\n  [\n   7,', 1), "behavior_statistics_consistency", "M",
      "dataset_card"),
     ("sequence_exports", ("pipelines.sequences.stage", "materialize_exports"), "exports/blade/test.txt",
-     lambda text: text + "3,4,0,0,0,0,0,0\n", "sequence_exports_contract", "dataset_card"),
+     lambda text: text + "3,4,0,0,0,0,0,0\n", "sequence_exports_contract", "test.txt", "dataset_card"),
     ("model_ready_sequences", ("pipelines.sequences.stage", "materialize_model_ready"),
-     "model_ready/leave_one_out/test.parquet", set_col("target_item", 0, pl.UInt32), "model_ready_contract",
+     "model_ready/leave_one_out/test.parquet", set_col("target_item", 0, pl.UInt32), "model_ready_contract", "target_item",
      "dataset_card"),
 ]
 
 
-@pytest.mark.parametrize(("asset", "stage_fn", "table", "corrupt", "check", "downstream"), CASES,
+@pytest.mark.parametrize(("asset", "stage_fn", "table", "corrupt", "check", "named", "downstream"), CASES,
                          ids=[case[4] for case in CASES])
 def test_violation_fails_the_check_and_blocks_downstream(root, tmp_path, monkeypatch, asset, stage_fn, table, corrupt,
-                                                         check, downstream):
+                                                         check, named, downstream):
     clean, root = root, tmp_path / "data"
     shutil.copytree(clean, root)  # each case starts from the clean outputs
     module = importlib.import_module(stage_fn[0])
@@ -86,6 +87,6 @@ def test_violation_fails_the_check_and_blocks_downstream(root, tmp_path, monkeyp
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert check in evaluations and not evaluations[check].passed
     message = evaluations[check].metadata["message"].value
-    assert message
+    assert named in message, f"{check}'s message does not name {named!r}: {message}"
     materialized = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
     assert asset in materialized and downstream not in materialized

@@ -20,7 +20,7 @@ def test_sigterm_stops_the_demo_and_starts_no_other_dataset(tmp_path, jobs):
     env = {**os.environ, "MBREC_DATA_ROOT": str(tmp_path / "data"), "DAGSTER_HOME": str(tmp_path / "home"),
            "HF_HUB_OFFLINE": "1"}
     datasets = ["taobao", "tmall", "retailrocket"][: jobs + 1]  # one more than run at once
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.demo", "--jobs", str(jobs), "--datasets", *datasets],
+    proc = subprocess.Popen([sys.executable, "-m", "assets.demo", "--jobs", str(jobs), "--datasets", *datasets],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 180

@@ -10,7 +10,7 @@ import pytest
 
 from assets.ingest import ingest, ingest_checks
 from pipelines.contracts import ingest_consistency, validate_parquet
-from pipelines.definitions import defs
+from assets.definitions import defs
 from pipelines.resources import PipelineSettings
 from schemas import columns as c
 from schemas.ingest import CanonicalEvents

@@ -10,7 +10,7 @@ from pipelines.paper_settings import PAPER_SETTINGS, check_applicable, compariso
 
 
 def test_run_config_is_valid_for_the_project_job() -> None:
-    from pipelines.definitions import defs
+    from assets.definitions import defs
 
     setting = PAPER_SETTINGS["blade_table1"]
     config = run_config(setting, "/tmp/somewhere", epochs=3)

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import polars as pl
 
+from pipelines.layout import RELEASE_SPLIT_FILES
 from pipelines.registry import DatasetConfig
 from pipelines.storage import write_text_atomic
 from schemas import columns as c
 
 RECBOLE_HEADER = ("user_id:token", "item_id_list:token_seq", "item_id:token")
-BLADE_FILES = {"train": "train.txt", "valid": "valid.txt", "between": "between_val_test.txt", "test": "test.txt"}
 
 
 def _bits(cfg: DatasetConfig) -> list[pl.Expr]:
@@ -36,7 +36,7 @@ def blade_split_files(steps: pl.DataFrame, roles: pl.DataFrame, cfg: DatasetConf
     """Write the four split files; excluded steps are not exported. Returns lines per file."""
     joined = steps.join(roles, on=[c.USER_ID, "step"]).sort(c.USER_ID, "step")
     counts = {}
-    for role, name in BLADE_FILES.items():
+    for role, name in RELEASE_SPLIT_FILES.items():
         part = joined.filter(pl.col("role") == role).select(
             (pl.col(c.USER_ID).cast(pl.Int64) + 1).alias("user"), (pl.col(c.ITEM_ID).cast(pl.Int64) + 1).alias("item"),
             *_bits(cfg))

@@ -34,7 +34,7 @@ def run_partition(key: str, threads: int | None = None) -> dict:
         _limit_threads(threads)
     import dagster as dg
 
-    from pipelines.definitions import defs
+    from assets.definitions import defs
     from pipelines.resources import PipelineSettings
 
     if threads:
