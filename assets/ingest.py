@@ -19,7 +19,9 @@ from pipelines.ingest import core
 from pipelines.layout import DatasetLayout
 from pipelines.reporting import counts_table, markdown_table
 from pipelines.resources import PipelineSettings
+from pipelines.refresh import raw_newer_than_outputs
 from pipelines.sources import SOURCE_FILE, resolve_raw_source
+from pipelines.storage import has_raw_files
 from schemas import ingest as contracts
 
 STAGE = "ingest"
@@ -133,4 +135,19 @@ def ingest_consistency_check(context: dg.AssetCheckExecutionContext, settings: P
     return check_result(ingest_consistency(settings.paths(context.partition_key).ingest_dir()))
 
 
-ingest_checks = [_contract_check(name) for name in TABLES] + [ingest_consistency_check]
+@dg.asset_check(asset="canonical_events", partitions_def=dataset_partitions,
+                description="Freshness: no raw file of the dataset is newer than its published ingest outputs "
+                            "(fails naming the files; the raw-data sensor then has a refresh to request). Run it "
+                            "from the asset's Checks tab at any time.")
+def raw_files_ingested(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
+    paths = settings.paths(context.partition_key)
+    stale = raw_newer_than_outputs(paths) if has_raw_files(paths.raw_dir) else []
+    if stale:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN,
+                                   description=f"raw file(s) newer than the published outputs: {', '.join(stale[:20])}",
+                                   metadata={"message": f"not ingested yet: {', '.join(stale[:20])}"})
+    source = "raw files" if has_raw_files(paths.raw_dir) else "generated data (no raw files)"
+    return dg.AssetCheckResult(passed=True, description=f"outputs are newer than every input ({source})")
+
+
+ingest_checks = [_contract_check(name) for name in TABLES] + [ingest_consistency_check, raw_files_ingested]

@@ -151,6 +151,22 @@ def sections(cfg: DatasetConfig, paths: DatasetPaths, checks: list[dict[str, obj
                   "same-item leak left in the histories."), ("table", board)]))
     if checks:
         out.append(Section("Checks (latest evaluation of each)", [("table", pl.DataFrame(checks))]))
+    from pipelines.refresh import read_failures, raw_newer_than_outputs
+
+    failures = read_failures(paths)[-10:]
+    stale = raw_newer_than_outputs(paths) if paths.raw_dir.is_dir() else []
+    if failures or stale:
+        parts: list[tuple[str, object]] = []
+        if stale:
+            parts.append(("p", "Raw files newer than the published ingest (a refresh is due): " + ", ".join(stale)))
+        if failures:
+            parts.append(("p", "Recent failed runs (newest last), as the run-failure sensor recorded them:"))
+            parts.append(("table", pl.DataFrame({
+                "recorded at": [f["recorded_at"] for f in failures], "run": [str(f["run_id"])[:8] for f in failures],
+                "trigger": [f.get("trigger", "") for f in failures],
+                "failed steps": [", ".join(s["step"] for s in f.get("failed_steps", [])) for f in failures],
+                "error": [str(f.get("error", ""))[:160] for f in failures]})))
+        out.append(Section("Refresh status", parts))
     out.append(Section("Provenance", [
         ("table", pl.DataFrame({"": ["source", "registry file", "code version", "synthetic seed",
                                      "augmentation seed"],

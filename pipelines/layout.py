@@ -228,6 +228,11 @@ class DatasetLayout:
     def evaluation_results(self) -> Path:
         return self.stage_dir("evaluation") / "results.parquet"
 
+    # ---------------------------------------------------------------- reports
+    def failures(self) -> Path:
+        """Failed runs of this dataset (JSON lines, newest last), written by the run-failure sensor."""
+        return self.stage_dir("reports") / "failures.jsonl"
+
     def evaluation_leaderboard(self) -> Path:
         return self.stage_dir("evaluation") / "leaderboard.md"
 

@@ -22,5 +22,8 @@ class PipelineSettings(dg.ConfigurableResource):
     def dataset(self, name: str) -> DatasetConfig:
         return self.registry().get(name)
 
+    def data_root_path(self) -> Path:
+        return Path(self.data_root) if self.data_root else default_data_root()
+
     def paths(self, name: str) -> DatasetPaths:
-        return DatasetPaths(Path(self.data_root) if self.data_root else default_data_root(), name)
+        return DatasetPaths(self.data_root_path(), name)

@@ -306,9 +306,20 @@ def reproducible(meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class StaleModelError(RuntimeError):
+    """A checkpoint was trained on other data than the dataset holds now."""
+
+
 def load_trained(paths: DatasetPaths, cfg: DatasetConfig, protocol: str, name: str,
                  device: str = "cpu") -> tuple[Recommender, dict[str, Any]]:
+    """Load a checkpoint; fails when the data it was trained on changed since (never scores new data
+    with an old model: re-materialize ``trained_<name>``)."""
     ckpt = load_checkpoint(paths.checkpoint(protocol, name))
+    now = data_version(paths, protocol, model_spec(name).data_files(paths))
+    if ckpt.get("data_version") != now:
+        raise StaleModelError(
+            f"{cfg.name}/{protocol}/{name}: the checkpoint was trained on data version {ckpt.get('data_version')}, "
+            f"but the dataset's data is now {now}; re-materialize trained_{name} for this dataset before evaluating")
     info = DatasetInfo(**ckpt["info"])
     model = build_model(name, info, ckpt["model_config"], paths, cfg, protocol, ckpt["train_config"]["seed"])
     model.load_state_dict(ckpt["state_dict"])
