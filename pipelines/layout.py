@@ -26,7 +26,8 @@ DATA_ROOT_ENV = "MBREC_DATA_ROOT"
 # writer needs the names without the folder); everyone else uses the accessors.
 INGEST_FILES = {"events": "events.parquet", "user_id_map": "user_id_map.parquet",
                 "item_id_map": "item_id_map.parquet", "item_side_info": "item_side_info.parquet",
-                "quarantine": "quarantine.parquet", "ingest_report": "ingest_report.json", "source": "source.json"}
+                "quarantine": "quarantine.parquet", "ingest_report": "ingest_report.json", "source": "source.json",
+                "ingest_state": "ingest_state.json"}
 # The file names of an EIDP/BLADE split release, per role: the raw files of format
 # ``behavior_set_splits`` and the ``exports/blade/`` artifacts (written in the same shape).
 RELEASE_SPLIT_FILES = {"train": "train.txt", "valid": "valid.txt", "between": "between_val_test.txt",
@@ -92,6 +93,10 @@ class DatasetLayout:
 
     def source(self) -> Path:
         return self.ingest_dir() / INGEST_FILES["source"]
+
+    def ingest_state(self) -> Path:
+        """What the published ingest version was built from (raw fingerprints, registry hash)."""
+        return self.ingest_dir() / INGEST_FILES["ingest_state"]
 
     def failed_quarantine(self) -> Path:
         """The whole quarantine of the last ingest attempt that failed its threshold."""

@@ -100,11 +100,11 @@ def _rel(path: Path, paths: DatasetPaths) -> str:
 
 
 def _describe(directory: Path, cfg: DatasetConfig, hash_limit_bytes: int) -> dict[str, dict[str, object]]:
+    from pipelines.ingest.core import matching_files
+
     out: dict[str, dict[str, object]] = {}
-    for name in cfg.all_file_names:
-        p = directory / name
-        if not p.is_file():
-            continue
+    for p in (p for pattern in cfg.all_file_names for p in matching_files(directory, pattern)):
+        name = p.name
         info: dict[str, object] = {"bytes": p.stat().st_size}
         if p.stat().st_size <= hash_limit_bytes:
             info["sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()

@@ -7,12 +7,17 @@ The flow (all lazy/streaming polars; the only Python loops are over files):
 3. rejected rows get their readable reason and go to the quarantine table; the run fails when
    their share exceeds the dataset's ``bad_row_threshold``;
 4. exact duplicates are dropped (first occurrence in file order is kept);
-5. dense ids are assigned in raw-id order, and events are joined to them;
-6. every output is staged and published together (see ``pipelines.storage.StagedOutputs``).
+5. dense ids are assigned by (first file the raw id occurs in, raw id): raw-id order for one
+   file, and stable when files are appended; events are joined to them;
+6. every output is staged and published together (see ``pipelines.storage.VersionedOutputs``).
+
+An incremental run (``pipelines.ingest.incremental``) runs the same steps over the new files only
+and merges with the published version, so its bytes equal a full rebuild's.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import shutil
@@ -24,6 +29,7 @@ import polars as pl
 
 from pipelines.ingest.errors import IngestError
 from pipelines.ingest.formats import EVENT_PARSERS, EVENT_ROLES, event_files, item_attributes_from_files
+from pipelines.ingest.incremental import FULL, INCREMENTAL, STATE_FILE, IngestState, Plan, append_only, plan_ingest
 from pipelines.ingest.lines import N_FIELDS, TEXT, Check, RawFile, escape_invisible, readable_copy, utf8_check
 from pipelines.reporting import Log
 from pipelines.registry import FORMAT_FILE_ROLES, DatasetConfig
@@ -57,6 +63,10 @@ class IngestSummary:
     time_note: str
     per_file: dict[str, dict[str, int]]
     quarantine_reasons: dict[str, int]
+    mode: str = "full"  # "incremental": only new raw files were parsed; "full": every file was
+    reason: str = ""  # why this mode (e.g. "file events_2.csv was replaced", "no previous ingest")
+    files_parsed: list[str] = field(default_factory=list)
+    files_reused: list[str] = field(default_factory=list)  # event files whose rows came from the last version
     outputs: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -74,11 +84,13 @@ def resolve_files(cfg: DatasetConfig, raw_dir: Path, log: Log) -> dict[str, list
     for role in (r for r in roles if r in cfg.files):  # the format's reading order, not the registry's
         found = []
         for name in cfg.file_names(role):
-            path = raw_dir / name
-            if path.is_file():
+            matches = matching_files(raw_dir, name)
+            for path in matches:
                 found.append(RawFile(path, index))
                 index += 1
-            elif roles[role]:
+            if matches:
+                continue
+            if roles[role]:
                 missing.append(name)
             else:
                 log(f"{cfg.name}: optional {role} file {path} not found; item side info will lack it")
@@ -90,6 +102,15 @@ def resolve_files(cfg: DatasetConfig, raw_dir: Path, log: Log) -> dict[str, list
             f"folder to use generated data."
         )
     return files
+
+
+def matching_files(raw_dir: Path, name: str) -> list[Path]:
+    """The files a registry file entry names: the file itself, or for a glob pattern
+    (``events_*.csv``, e.g. daily drops) every matching non-hidden file, sorted by name."""
+    if not glob.has_magic(name):
+        path = raw_dir / name
+        return [path] if path.is_file() else []
+    return sorted((p for p in raw_dir.glob(name) if p.is_file() and not p.name.startswith(".")), key=lambda p: p.name)
 
 
 def _reason_code(checks: list[Check]) -> pl.Expr:
@@ -111,138 +132,251 @@ def ingest_dataset(
     examples: int = 5,
     rows_per_shard: int = 5_000_000,
     extra_files: dict[str, str] | None = None,
+    full: bool = False,
 ) -> IngestSummary:
     """Ingest one dataset's raw files from ``raw_dir`` into ``out_dir`` (published atomically).
 
     Events are processed in shards of consecutive dense user ids (about ``rows_per_shard`` rows
     each), which bounds memory: a shard never needs another shard's rows. ``extra_files`` (name ->
     text, e.g. the source description) are published in the same unit as the tables.
+
+    When the published version was built from a prefix of today's files, unchanged (see
+    ``pipelines.ingest.incremental``), only the new files are parsed and their rows appended; the
+    outputs are the bytes a full rebuild would write. ``full`` forces a full rebuild.
     """
     started = time.perf_counter()
     files = resolve_files(cfg, raw_dir, log)
     has_time = cfg.time.unit != "none"
+    state = IngestState.of(cfg, files)
 
-    with dataset_lock(out_dir.parent, f"ingest of {cfg.name}", log=log), VersionedOutputs(out_dir) as staged:
-        # invalid UTF-8 bytes would fail the whole scan: such lines are found first and quarantined
-        event_roles = set(EVENT_ROLES[cfg.format])
-        files = {role: [readable_copy(f, staged.staging) if role in event_roles else f for f in fs]
-                 for role, fs in files.items()}
-        source = EVENT_PARSERS[cfg.format](cfg, files)
-        checks = [utf8_check(event_files(cfg, files)), *source.checks]
-        code = _reason_code(checks)
-        kept_for_bad = [TEXT, N_FIELDS, *source.raw_fields]
-        # 1-2. one streaming pass over the raw lines
-        parsed_path = staged.path("_parsed.parquet")
-        log(f"{cfg.name}: parsing {', '.join(f.name for fs in files.values() for f in fs if fs)}")
-        (
-            source.frame.with_columns(code.alias(REASON_CODE))
-            .select(
-                c.SOURCE_FILE, c.SOURCE_LINE, c.EVENT_ORDER, c.RAW_USER_ID, c.RAW_ITEM_ID, c.BEHAVIORS,
-                c.TIMESTAMP, *source.extras, REASON_CODE,
-                *[pl.when(pl.col(REASON_CODE).is_not_null()).then(pl.col(f)).alias(f) for f in kept_for_bad],
-            )
-            .sink_parquet(parsed_path, engine="streaming")
-        )
-        parsed = pl.scan_parquet(parsed_path)
-        per_file_df = (
-            parsed.group_by(c.SOURCE_FILE)
-            .agg(pl.len().alias("rows_read"), pl.col(REASON_CODE).is_not_null().sum().alias("rows_quarantined"))
-            .collect()
-        )
-        per_file = {
-            r[c.SOURCE_FILE]: {"rows_read": r["rows_read"], "rows_quarantined": r["rows_quarantined"]}
-            for r in per_file_df.iter_rows(named=True)
-        }
-        for f in event_files(cfg, files):
-            if per_file.get(f.name, {}).get("rows_read", 0) == 0:
-                raise IngestError(f"{f.path}: no data rows (the file holds only a header or nothing)")
-        rows_read = int(per_file_df["rows_read"].sum())
-
-        # 3. quarantine
-        quarantine = (
-            parsed.filter(pl.col(REASON_CODE).is_not_null())
-            .with_columns(_reason_text(checks))
-            .sort(c.EVENT_ORDER)
-            .select(c.SOURCE_FILE, c.SOURCE_LINE, c.REASON, pl.col(TEXT).alias(c.RAW_TEXT))
-            .collect()
-            .with_columns(pl.col(c.REASON).map_elements(escape_invisible, return_dtype=pl.String))
-        )
-        quarantine.write_parquet(staged.path(QUARANTINE_FILE))
-        n_bad = quarantine.height
-        reasons = _reason_counts(parsed, checks)
-        if rows_read and n_bad / rows_read > cfg.ingest.bad_row_threshold:
-            kept_at = _keep_failed_quarantine(quarantine, out_dir)
-            shown = "\n".join(
-                f"  {r[c.SOURCE_FILE]}:{r[c.SOURCE_LINE]}: {r[c.REASON]}" for r in quarantine.head(examples).iter_rows(named=True)
-            )
-            raise IngestError(
-                f"dataset '{cfg.name}': {n_bad:,} of {rows_read:,} rows ({n_bad / rows_read:.3%}) are malformed, "
-                f"above the threshold {cfg.ingest.bad_row_threshold:.3%} (registry key "
-                f"datasets.{cfg.name}.ingest.bad_row_threshold). Reasons: {reasons}. First rows:\n{shown}\n"
-                f"Nothing was published; the previous outputs in {out_dir} are unchanged. The full quarantine "
-                f"of this attempt ({n_bad:,} rows) is in {kept_at}."
-            )
-
-        # 4-5. dense ids in raw-id order (duplicates never change the user or item sets), then
-        # events joined to them, exact duplicates dropped (first occurrence in file order kept)
-        good = parsed.filter(pl.col(REASON_CODE).is_null())
-        log(f"{cfg.name}: assigning dense ids")
-        user_map = _id_map(good, c.RAW_USER_ID, c.USER_ID)
-        item_map = _id_map(good, c.RAW_ITEM_ID, c.ITEM_ID)
-        if user_map.is_empty():
-            raise IngestError(f"dataset '{cfg.name}': no valid rows in {raw_dir} (all {rows_read:,} rows quarantined)")
-        user_map.write_parquet(staged.path(USER_MAP_FILE))
-        item_map.write_parquet(staged.path(ITEM_MAP_FILE))
-        log(f"{cfg.name}: writing canonical events")
-        joined = (
-            good.join(user_map.lazy(), on=c.RAW_USER_ID, how="left", maintain_order="left")
-            .join(item_map.lazy(), on=c.RAW_ITEM_ID, how="left", maintain_order="left")
-            .select(*EVENT_COLUMNS)
-        )
-        dedup = cfg.ingest.drop_exact_duplicates and has_time
-        rows_kept, exposures = _write_events(
-            joined, staged, n_rows=rows_read - n_bad, n_users=user_map.height, dedup=dedup,
-            rows_per_shard=rows_per_shard, metadata={
-                "mbrec.dataset": cfg.name, "mbrec.time_granularity": cfg.time.granularity,
-                "mbrec.behaviors": ",".join(cfg.behavior_names), "mbrec.order": "user_id, event_order"},
-            log=log,
-        )
-
-        # item side info: attributes seen on events (smallest non-null value per item) + side files
-        side = _side_info(cfg, files, good, source.extras, item_map)
-        side.write_parquet(staged.path(SIDE_INFO_FILE))
-
-        summary = IngestSummary(
-            dataset=cfg.name,
-            format=cfg.format,
-            rows_read=rows_read,
-            rows_kept=rows_kept,
-            rows_quarantined=n_bad,
-            duplicates_dropped=rows_read - n_bad - rows_kept,
-            users=user_map.height,
-            items=item_map.height,
-            exposures=exposures,
-            time_granularity=cfg.time.granularity,
-            time_note=_time_note(cfg),
-            per_file=per_file,
-            quarantine_reasons=reasons,
-        )
-        summary.seconds = round(time.perf_counter() - started, 3)
-        summary.outputs = {name: str(out_dir / name) for name in
-                           (EVENTS_FILE, USER_MAP_FILE, ITEM_MAP_FILE, SIDE_INFO_FILE, QUARANTINE_FILE, REPORT_FILE)}
-        # the report is data: the same inputs give the same bytes, so timings and absolute paths stay out
-        report = {k: v for k, v in asdict(summary).items() if k not in ("seconds", "outputs")}
-        staged.path(REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-        for name, text in (extra_files or {}).items():
-            staged.path(name).write_text(text)
-        staged.publish()
-        shutil.rmtree(_failed_quarantine_path(out_dir).parent, ignore_errors=True)  # superseded by this run
+    with dataset_lock(out_dir.parent, f"ingest of {cfg.name}", log=log):
+        previous = IngestState.read(out_dir)
+        complete = all((out_dir / INGEST_FILES[k]).is_file() for k in _TABLE_KEYS)
+        plan = Plan(FULL, "a full rebuild was asked for") if full else plan_ingest(cfg, state, previous, complete)
+        if plan.mode == INCREMENTAL and not plan.new_files:
+            if (extra_files or {}) == _published_extras(out_dir, extra_files):
+                log(f"{cfg.name}: {plan.reason}")
+                return _current_summary(out_dir, plan, started)  # nothing new: the published version stands
+            plan = Plan(FULL, "the published source description differs")
+        log(f"{cfg.name}: {plan.mode} ingest: {plan.reason}")
+        prev_dir = out_dir.resolve() if plan.mode == INCREMENTAL else None
+        prev_report = json.loads((prev_dir / REPORT_FILE).read_text()) if prev_dir else None
+        with VersionedOutputs(out_dir) as staged:
+            summary = _ingest(cfg, files, plan, prev_dir, prev_report, staged, raw_dir=raw_dir, out_dir=out_dir,
+                              has_time=has_time, log=log, examples=examples, rows_per_shard=rows_per_shard)
+            summary.seconds = round(time.perf_counter() - started, 3)
+            summary.outputs = {name: str(out_dir / name) for name in
+                               (EVENTS_FILE, USER_MAP_FILE, ITEM_MAP_FILE, SIDE_INFO_FILE, QUARANTINE_FILE, REPORT_FILE)}
+            # the report is data: the same inputs give the same bytes, so timings and absolute paths stay out
+            staged.path(REPORT_FILE).write_text(_report_json(summary))
+            staged.path(STATE_FILE).write_text(state.to_json())
+            for name, text in (extra_files or {}).items():
+                staged.path(name).write_text(text)
+            staged.publish()
+            shutil.rmtree(_failed_quarantine_path(out_dir).parent, ignore_errors=True)  # superseded by this run
     log(
-        f"{cfg.name}: {rows_read:,} rows read = {rows_kept:,} kept + {n_bad:,} quarantined + "
-        f"{summary.duplicates_dropped:,} duplicates; {summary.users:,} users, {summary.items:,} items "
-        f"({summary.seconds:.1f} s)"
+        f"{cfg.name}: {summary.rows_read:,} rows read = {summary.rows_kept:,} kept + {summary.rows_quarantined:,} "
+        f"quarantined + {summary.duplicates_dropped:,} duplicates; {summary.users:,} users, {summary.items:,} items "
+        f"({summary.mode}: {len(summary.files_parsed)} file(s) parsed, {len(summary.files_reused)} reused; "
+        f"{summary.seconds:.1f} s)"
     )
     return summary
+
+
+_TABLE_KEYS = ("events", "user_id_map", "item_id_map", "item_side_info", "quarantine", "ingest_report")
+
+
+def _report_json(summary: IngestSummary) -> str:
+    report = {k: v for k, v in asdict(summary).items() if k not in ("seconds", "outputs")}
+    return json.dumps(report, indent=2, sort_keys=True) + "\n"
+
+
+def _published_extras(out_dir: Path, extra_files: dict[str, str] | None) -> dict[str, str]:
+    out = {}
+    for name in extra_files or {}:
+        try:
+            out[name] = (out_dir / name).read_text()
+        except OSError:
+            return {}
+    return out
+
+
+def _current_summary(out_dir: Path, plan: Plan, started: float) -> IngestSummary:
+    report = json.loads((out_dir / REPORT_FILE).read_text())
+    report.update(mode=plan.mode, reason=plan.reason, files_parsed=[], files_reused=plan.reused_files)
+    summary = IngestSummary(**report)
+    summary.seconds = round(time.perf_counter() - started, 3)
+    summary.outputs = {name: str(out_dir / name) for name in
+                       (EVENTS_FILE, USER_MAP_FILE, ITEM_MAP_FILE, SIDE_INFO_FILE, QUARANTINE_FILE, REPORT_FILE)}
+    return summary
+
+
+def _ingest(
+    cfg: DatasetConfig,
+    files: dict[str, list[RawFile]],
+    plan: Plan,
+    prev_dir: Path | None,
+    prev_report: dict | None,
+    staged: VersionedOutputs,
+    *,
+    raw_dir: Path,
+    out_dir: Path,
+    has_time: bool,
+    log: Log,
+    examples: int,
+    rows_per_shard: int,
+) -> IngestSummary:
+    """Parse the files the plan names (every file for a full rebuild), merge with the previous
+    version's tables when incremental, and stage every table (the caller publishes)."""
+    event_roles = set(EVENT_ROLES[cfg.format])
+    by_file = append_only(cfg)
+    if prev_dir is None:
+        to_parse = files
+    else:  # only new event files; side files are unchanged (the plan checked) and re-read below
+        new = set(plan.new_files)
+        to_parse = {role: [f for f in fs if f.name in new] for role, fs in files.items() if role in event_roles}
+    # invalid UTF-8 bytes would fail the whole scan: such lines are found first and quarantined
+    to_parse = {role: [readable_copy(f, staged.staging) if role in event_roles else f for f in fs]
+                for role, fs in to_parse.items()}
+    parse_files = event_files(cfg, to_parse)
+    source = EVENT_PARSERS[cfg.format](cfg, to_parse)
+    # the checks come from every file (reason codes and column counts as in a full rebuild)
+    all_checks = source.checks if prev_dir is None else EVENT_PARSERS[cfg.format](cfg, files).checks
+    checks = [utf8_check(parse_files), *all_checks]
+    code = _reason_code(checks)
+    kept_for_bad = [TEXT, N_FIELDS, *source.raw_fields]
+    # 1-2. one streaming pass over the raw lines
+    parsed_path = staged.path("_parsed.parquet")
+    log(f"{cfg.name}: parsing {', '.join(f.name for fs in to_parse.values() for f in fs if fs)}")
+    (
+        source.frame.with_columns(code.alias(REASON_CODE))
+        .select(
+            c.SOURCE_FILE, c.SOURCE_LINE, c.EVENT_ORDER, c.RAW_USER_ID, c.RAW_ITEM_ID, c.BEHAVIORS,
+            c.TIMESTAMP, *source.extras, REASON_CODE,
+            *[pl.when(pl.col(REASON_CODE).is_not_null()).then(pl.col(f)).alias(f) for f in kept_for_bad],
+        )
+        .sink_parquet(parsed_path, engine="streaming")
+    )
+    parsed = pl.scan_parquet(parsed_path)
+    per_file_df = (
+        parsed.group_by(c.SOURCE_FILE)
+        .agg(pl.len().alias("rows_read"), pl.col(REASON_CODE).is_not_null().sum().alias("rows_quarantined"))
+        .collect()
+    )
+    per_file = {
+        r[c.SOURCE_FILE]: {"rows_read": r["rows_read"], "rows_quarantined": r["rows_quarantined"]}
+        for r in per_file_df.iter_rows(named=True)
+    }
+    for f in parse_files:
+        if per_file.get(f.name, {}).get("rows_read", 0) == 0:
+            raise IngestError(f"{f.path}: no data rows (the file holds only a header or nothing)")
+    if prev_report is not None:
+        per_file = {**prev_report["per_file"], **per_file}
+    rows_read = sum(v["rows_read"] for v in per_file.values())
+
+    # 3. quarantine (the previous version's rows come first: they are earlier in file order)
+    quarantine = (
+        parsed.filter(pl.col(REASON_CODE).is_not_null())
+        .with_columns(_reason_text(checks))
+        .sort(c.EVENT_ORDER)
+        .select(c.SOURCE_FILE, c.SOURCE_LINE, c.REASON, pl.col(TEXT).alias(c.RAW_TEXT))
+        .collect()
+        .with_columns(pl.col(c.REASON).map_elements(escape_invisible, return_dtype=pl.String))
+    )
+    reasons = _reason_counts(parsed, checks)
+    if prev_dir is not None:
+        quarantine = pl.concat([pl.read_parquet(prev_dir / QUARANTINE_FILE), quarantine], how="vertical").rechunk()
+        reasons = _merge_reason_counts(prev_report["quarantine_reasons"], reasons, checks)
+    quarantine.write_parquet(staged.path(QUARANTINE_FILE))
+    n_bad = quarantine.height
+    if rows_read and n_bad / rows_read > cfg.ingest.bad_row_threshold:
+        kept_at = _keep_failed_quarantine(quarantine, out_dir)
+        shown = "\n".join(
+            f"  {r[c.SOURCE_FILE]}:{r[c.SOURCE_LINE]}: {r[c.REASON]}" for r in quarantine.head(examples).iter_rows(named=True)
+        )
+        raise IngestError(
+            f"dataset '{cfg.name}': {n_bad:,} of {rows_read:,} rows ({n_bad / rows_read:.3%}) are malformed, "
+            f"above the threshold {cfg.ingest.bad_row_threshold:.3%} (registry key "
+            f"datasets.{cfg.name}.ingest.bad_row_threshold). Reasons: {reasons}. First rows:\n{shown}\n"
+            f"Nothing was published; the previous outputs in {out_dir} are unchanged. The full quarantine "
+            f"of this attempt ({n_bad:,} rows) is in {kept_at}."
+        )
+
+    # 4-5. dense ids by (first file, raw id): known ids never change, new ones continue after the
+    # largest (duplicates never change the user or item sets); then events joined to them, exact
+    # duplicates dropped (first occurrence in file order kept, across the old/new boundary too)
+    good = parsed.filter(pl.col(REASON_CODE).is_null())
+    log(f"{cfg.name}: assigning dense ids")
+    prev_users = pl.read_parquet(prev_dir / USER_MAP_FILE) if prev_dir else None
+    prev_items = pl.read_parquet(prev_dir / ITEM_MAP_FILE) if prev_dir else None
+    user_map = _id_map(good, c.RAW_USER_ID, c.USER_ID, by_file=by_file, previous=prev_users)
+    item_map = _id_map(good, c.RAW_ITEM_ID, c.ITEM_ID, by_file=by_file, previous=prev_items)
+    if user_map.is_empty():
+        raise IngestError(f"dataset '{cfg.name}': no valid rows in {raw_dir} (all {rows_read:,} rows quarantined)")
+    user_map.write_parquet(staged.path(USER_MAP_FILE))
+    item_map.write_parquet(staged.path(ITEM_MAP_FILE))
+    log(f"{cfg.name}: writing canonical events")
+    joined = (
+        good.join(user_map.lazy(), on=c.RAW_USER_ID, how="left", maintain_order="left")
+        .join(item_map.lazy(), on=c.RAW_ITEM_ID, how="left", maintain_order="left")
+        .select(*EVENT_COLUMNS)
+    )
+    if prev_dir is not None:
+        # the previous events (deduplicated, by user then file order) come first: every shard's
+        # dedup keeps their occurrence, and the stable sort by user puts the new rows after them
+        previous_events = pl.scan_parquet(prev_dir / EVENTS_FILE)
+        joined = pl.concat([previous_events, joined.cast(previous_events.collect_schema())], how="vertical")
+    dedup = cfg.ingest.drop_exact_duplicates and has_time
+    rows_kept, exposures = _write_events(
+        joined, staged, n_rows=rows_read - n_bad, n_users=user_map.height, dedup=dedup,
+        rows_per_shard=rows_per_shard, metadata={
+            "mbrec.dataset": cfg.name, "mbrec.time_granularity": cfg.time.granularity,
+            "mbrec.behaviors": ",".join(cfg.behavior_names), "mbrec.order": "user_id, event_order"},
+        log=log,
+    )
+
+    # item side info: attributes seen on events (smallest non-null value per item) + side files
+    from_events = None
+    if source.extras:
+        from_events = good.group_by(c.RAW_ITEM_ID).agg(pl.col(source.extras).min())
+        if prev_dir is not None:  # the previous version's smallest values, with the new rows'
+            before = pl.scan_parquet(prev_dir / SIDE_INFO_FILE).select(c.RAW_ITEM_ID, *source.extras)
+            from_events = pl.concat([before, from_events.cast({e: pl.String for e in source.extras})],
+                                    how="vertical").group_by(c.RAW_ITEM_ID).agg(pl.col(source.extras).min())
+    side = _side_info(cfg, files, from_events, item_map)
+    side.write_parquet(staged.path(SIDE_INFO_FILE))
+
+    parsed_names = [f.name for f in parse_files]
+    return IngestSummary(
+        dataset=cfg.name,
+        format=cfg.format,
+        rows_read=rows_read,
+        rows_kept=rows_kept,
+        rows_quarantined=n_bad,
+        duplicates_dropped=rows_read - n_bad - rows_kept,
+        users=user_map.height,
+        items=item_map.height,
+        exposures=exposures,
+        time_granularity=cfg.time.granularity,
+        time_note=_time_note(cfg),
+        per_file=per_file,
+        quarantine_reasons=reasons,
+        mode=plan.mode,
+        reason=plan.reason,
+        files_parsed=parsed_names,
+        files_reused=[f.name for f in event_files(cfg, files) if f.name not in set(parsed_names)],
+    )
+
+
+def _merge_reason_counts(before: dict[str, int], now: dict[str, int], checks: list[Check]) -> dict[str, int]:
+    """Counts per reason kind over both runs, ordered as ``_reason_counts`` orders one run."""
+    total = dict(before)
+    for kind, n in now.items():
+        total[kind] = total.get(kind, 0) + n
+    rank = {}
+    for i, ch in enumerate(checks):
+        rank.setdefault(ch.kind, i)
+    return dict(sorted(total.items(), key=lambda kv: (-kv[1], rank.get(kv[0], len(checks)))))
 
 
 def _write_events(
@@ -313,14 +447,33 @@ def _keep_failed_quarantine(quarantine: pl.DataFrame, out_dir: Path) -> Path:
     return write_parquet_atomic(quarantine, _failed_quarantine_path(out_dir))
 
 
-def _id_map(kept: pl.LazyFrame, raw: str, dense: str) -> pl.DataFrame:
-    return (
-        kept.select(pl.col(raw).unique())
-        .sort(raw)
-        .with_row_index(dense)
+FIRST_FILE = "__first_file"
+
+
+def _first_seen(kept: pl.LazyFrame, raw: str, by_file: bool) -> pl.LazyFrame:
+    """Each raw id with the index (in ingest file order) of the first file it occurs in; 0 for every
+    id when ``by_file`` is off (formats whose files are not append-only drops: plain raw-id order)."""
+    first = (pl.col(c.EVENT_ORDER).min() // (1 << c.LINE_BITS)) if by_file else pl.lit(0, pl.Int64).first()
+    return kept.group_by(raw).agg(first.cast(pl.Int64).alias(FIRST_FILE))
+
+
+def _id_map(kept: pl.LazyFrame, raw: str, dense: str, *, by_file: bool = True,
+            previous: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Dense ids ordered by (first file the raw id occurs in, raw id): stable under appended files,
+    and plain raw-id order for a single file. With ``previous`` (the published map), its ids are kept
+    and ids first seen in ``kept`` continue after its largest."""
+    seen = _first_seen(kept, raw, by_file)
+    offset = 0
+    if previous is not None:
+        seen = seen.join(previous.lazy().select(raw), on=raw, how="anti")
+        offset = previous.height
+    new = (
+        seen.sort(FIRST_FILE, raw)
+        .with_row_index(dense, offset=offset)
         .select(pl.col(dense).cast(pl.UInt32), pl.col(raw))
         .collect(engine="streaming")
     )
+    return new if previous is None else pl.concat([previous, new], how="vertical").rechunk()
 
 
 def _reason_counts(parsed: pl.LazyFrame, checks: list[Check]) -> dict[str, int]:
@@ -333,13 +486,12 @@ def _reason_counts(parsed: pl.LazyFrame, checks: list[Check]) -> dict[str, int]:
 
 
 def _side_info(
-    cfg: DatasetConfig, files: dict[str, list[RawFile]], kept: pl.LazyFrame, extras: list[str], item_map: pl.DataFrame
+    cfg: DatasetConfig, files: dict[str, list[RawFile]], from_events: pl.LazyFrame | None, item_map: pl.DataFrame
 ) -> pl.DataFrame:
+    """``from_events``: per raw item, the smallest value of each attribute seen on its events (items'
+    attributes are constant in these datasets; min() picks deterministically, skips nulls, streams)."""
     side = item_map.lazy().select(c.ITEM_ID, c.RAW_ITEM_ID)
-    if extras:
-        # items' attributes are constant in these datasets; min() picks deterministically
-        # (and skips nulls) when they are not, and streams
-        from_events = kept.group_by(c.RAW_ITEM_ID).agg(pl.col(extras).min())
+    if from_events is not None:
         side = side.join(from_events, on=c.RAW_ITEM_ID, how="left")
     from_files = item_attributes_from_files(cfg.format, files)
     if from_files is not None:
