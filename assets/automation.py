@@ -106,8 +106,7 @@ def record_run_failure(context: dg.RunFailureSensorContext) -> None:
     dataset = run.tags.get("dagster/partition")
     if not dataset:
         return
-    steps = [{"step": e.step_key, "error": (e.event_specific_data.error.message if e.event_specific_data
-                                             and e.event_specific_data.error else "")[:2000]}
+    steps = [{"step": e.step_key, "error": _root_message(e.event_specific_data.error if e.event_specific_data else None)}
              for e in context.get_step_failure_events()]
     path = record_failure(PipelineSettings().paths(dataset), {
         "run_id": run.run_id, "job": run.job_name,
@@ -116,6 +115,15 @@ def record_run_failure(context: dg.RunFailureSensorContext) -> None:
         "error": (context.failure_event.message or "")[:2000],
     })
     context.log.info(f"{dataset}: run {run.run_id} failed; recorded in {path}")
+
+
+def _root_message(error) -> str:
+    """The user's error under Dagster's wrappers (a step failure's cause chain), shortened."""
+    if error is None:
+        return ""
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    return (error.message or "").strip()[:2000]
 
 
 all_assets_job = dg.define_asset_job(

@@ -96,7 +96,7 @@ def test_a_dropped_file_refreshes_its_dataset_only_and_only_once(tmp_path):
                 assert not _materialized(instance, asset, "shop_b"), asset
             assert not DatasetLayout(root, "shop_b").outputs_dir.exists()
             failed = wait_for("shop_c's failure report", lambda: read_failures(c), deadline, log)
-            assert failed[-1]["failed_steps"][0]["step"] == "ingest" and "quarantined" in failed[-1]["failed_steps"][0]["error"]
+            assert failed[-1]["failed_steps"][0]["step"] == "ingest" and "malformed" in failed[-1]["failed_steps"][0]["error"]
             assert not _materialized(instance, "behavior_sets", "shop_c")
             wait_for("every run to finish", lambda: all(r.is_finished for r in runs(instance)), deadline, log)
             count = len(runs(instance))
