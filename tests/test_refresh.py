@@ -157,7 +157,7 @@ def test_a_checkpoint_refuses_data_it_was_not_trained_on(kuaisar_project, tmp_pa
     from pipelines.training.stage import StaleModelError, TrainingOptions, load_trained
 
     root = tmp_path / "data"
-    shutil.copytree(kuaisar_project.parent.parent, root, ignore=shutil.ignore_patterns("generated", "cache"))
+    shutil.copytree(kuaisar_project, root, ignore=shutil.ignore_patterns("generated", "cache"), symlinks=True)
     cfg = registry.get("kuaisar")
     paths = DatasetLayout(root, "kuaisar")
     protocol = TrainingOptions.of(cfg).protocol

@@ -81,8 +81,8 @@ def test_ui_lists_every_asset_with_its_dataset_partitions(webserver, registry):
         time.sleep(1)
     by_key = {"/".join(n["assetKey"]["path"]): n for n in nodes}
     assert set(by_key) >= {"canonical_events", "user_id_map", "item_id_map", "item_side_info", "ingest_quarantine"}
-    for node in by_key.values():
-        assert node["partitionKeys"] == registry.names
+    for key, node in by_key.items():  # the cross-dataset leaderboard is the one unpartitioned asset
+        assert node["partitionKeys"] == ([] if key == "cross_dataset_leaderboard" else registry.names), key
     assert by_key["canonical_events"]["groupName"] == "ingest"
 
 
@@ -110,3 +110,61 @@ def test_a_partition_materializes_through_the_webserver(webserver, data_root):
     assert (out / "semantic_ids" / "exports" / "blade_qk_video.index.json").is_file()
     assert (out / "training" / "released" / "generative_sid" / "checkpoint.pt").is_file()
     assert "blade_qk_video" in (data_root / "outputs" / "leaderboard.md").read_text()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it when run as root)")
+def test_the_ui_in_a_browser_shows_the_automation_and_materializes_a_partition(webserver):
+    """Playwright drives Debian's chromium through the UI a user sees: the Automation page lists the
+    sensors and the schedule (no first-run dialog in the way), and one partition of canonical_events
+    materializes from its asset page with every check passing."""
+    import re
+
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        try:
+            page.goto(f"{webserver}/automation")
+            for name in ("raw_data_sensor", "downstream_refresh", "record_run_failure", "weekly_dataset_refresh"):
+                expect(page.get_by_text(name, exact=True)).to_be_visible()
+            expect(page.get_by_text("Automation condition sensor")).to_be_visible()
+            assert page.locator(".dagster-dialog").count() == 0  # no first-run (community) dialog
+            # switch the automation off here, from the page, so that the ingest below does not
+            # start a full downstream run at the registry's training defaults
+            row = page.locator("div[data-index]").filter(has_text="downstream_refresh")
+            switch = row.locator("input[type=checkbox]").last
+            expect(switch).to_be_checked()  # on by default
+            row.locator("label").last.click()
+            expect(switch).not_to_be_checked()
+
+            page.goto(f"{webserver}/assets/canonical_events")
+            page.locator("button", has_text="Materialize").first.click()
+            page.get_by_role("button", name="Confirm").click()  # the multi-asset's other tables come along
+            dialog = page.locator(".dagster-dialog")
+            dialog.get_by_text("Select a partition or create one").click()
+            popover = page.locator(".dagster-popover")
+            popover.locator("input").first.fill("kuaisar")
+            popover.locator("span", has_text=re.compile(r"^kuaisar$")).first.click()
+            page.keyboard.press("Escape")
+            dialog.get_by_role("button", name="Launch 1 run").click()
+            expect(page.get_by_text(re.compile(r"Launched run"))).to_be_visible()
+
+            deadline = time.monotonic() + 240
+            while True:
+                page.goto(f"{webserver}/assets/canonical_events?view=checks")
+                page.wait_for_timeout(3000)
+                passed = page.get_by_text("Succeeded", exact=True).count()
+                if passed >= 4 or time.monotonic() > deadline:
+                    break
+            checks = page.locator("body").inner_text()
+            assert passed >= 4, checks[:2000]
+            for check in ("canonical_events_contract", "ingest_consistency_check", "raw_files_ingested"):
+                assert check in checks
+            assert "Failed" not in checks
+        finally:
+            browser.close()
