@@ -1,6 +1,6 @@
 """Each blocking check fails on an injected violation, names it, and stops the asset downstream.
 
-One full run makes every table; then, per case, the asset under test and its downstream asset run
+The session's full KuaiSAR run made every table; then, per case, the asset under test and its downstream asset run
 again with the asset's stage function wrapped to corrupt what it wrote.
 """
 
@@ -21,12 +21,9 @@ CHECKS = list(defs.asset_checks)
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    result = dg.materialize([*ASSETS, *CHECKS], partition_key="kuaisar",
-                            resources={"settings": PipelineSettings(data_root=str(root))})
-    assert result.success
-    return root
+def root(kuaisar_project):
+    """The session's whole-graph KuaiSAR run (every table made; read-only, each case copies it)."""
+    return kuaisar_project
 
 
 def set_col(col, value, dtype):
@@ -44,7 +41,7 @@ CASES = [  # asset, stage function (module, name), file under outputs/kuaisar, c
     ("split_eidp", ("pipelines.sequences.stage", "materialize_split"), "splits/eidp/examples.parquet",
      lambda d: d.with_columns((pl.col("target_step") + 1).alias("history_end")), "split_eidp_contract", "history_end", "leakage_audit"),
     ("split_temporal", ("pipelines.sequences.stage", "materialize_split"), "splits/temporal/examples.parquet",
-     lambda d: d.with_columns(pl.lit([], pl.List(pl.UInt32)).alias("dropped_steps")), "split_temporal_consistency", "dropped_steps",
+     lambda d: d.with_columns(pl.lit([], pl.List(pl.UInt32)).alias("dropped_steps")), "split_temporal_consistency", "leaking history steps",
      "leakage_audit"),
     ("leakage_audit", ("pipelines.sequences.stage", "materialize_audit"), "leakage/audit.parquet",
      set_col("share_in_last_k", 2.0, pl.Float64), "leakage_audit_contract", "share_in_last_k", "dataset_card"),

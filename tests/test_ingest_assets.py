@@ -41,7 +41,7 @@ def test_materialize_on_generated_data_passes_every_check(materialized):
     for key, result in results.items():
         assert result.success
         evaluations = result.get_asset_check_evaluations()
-        assert len(evaluations) == 6 and all(e.passed for e in evaluations), [e.check_name for e in evaluations if not e.passed]
+        assert len(evaluations) == 7 and all(e.passed for e in evaluations)  # 5 contracts, consistency, freshness, [e.check_name for e in evaluations if not e.passed]
         mats = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}
         assert set(mats) == {"canonical_events", "user_id_map", "item_id_map", "item_side_info", "ingest_quarantine"}
         meta = mats["canonical_events"].materialization.metadata

@@ -18,7 +18,7 @@ def test_sequence_stage_materializes_for_timed_and_untimed_datasets(tmp_path):
         result = dg.materialize(ALL, partition_key=key, resources={"settings": settings})
         assert result.success
         evals = result.get_asset_check_evaluations()
-        assert len(evals) == 20 and all(e.passed for e in evals)
+        assert len(evals) == 21 and all(e.passed for e in evals)
         mats = {m.asset_key.to_user_string(): m.materialization.metadata for m in result.get_asset_materialization_events()}
         assert "leakage_audit" in mats and mats["behavior_sets"]["steps"].value > 0
     assert mats["split_session"]["applicable"].value is False  # tenrec: no time column

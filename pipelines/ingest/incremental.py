@@ -65,14 +65,17 @@ class IngestState:
 
     def to_json(self) -> str:
         return json.dumps({"code_version": self.code_version, "registry_hash": self.registry_hash,
-                           "files": [{"role": role, **fp.to_json()} for role, fp in self.files]}, indent=1) + "\n"
+                           # content only: modification times would make two builds of the same
+                           # files differ byte-wise, and a copy with a new time is the same file
+                           "files": [{"role": role, **{k: v for k, v in fp.to_json().items() if k != "mtime_ns"}}
+                                     for role, fp in self.files]}, indent=1) + "\n"
 
     @classmethod
     def read(cls, out_dir: Path) -> "IngestState | None":
         path = out_dir / STATE_FILE
         try:
             data = json.loads(path.read_text())
-            files = [(d.pop("role"), Fingerprint.from_json(d)) for d in data["files"]]
+            files = [(d.pop("role"), Fingerprint.from_json({"mtime_ns": 0, **d})) for d in data["files"]]
             return cls(int(data["code_version"]), str(data["registry_hash"]), files)
         except (OSError, ValueError, KeyError, TypeError):
             return None

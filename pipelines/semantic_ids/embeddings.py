@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -19,9 +18,9 @@ import numpy as np
 import polars as pl
 
 from pipelines.storage import write_parquet_atomic
+from pipelines.reporting import Log
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
-Log = Callable[[str], None]
 
 
 class EmbeddingModelError(RuntimeError):

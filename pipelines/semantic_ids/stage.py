@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import string
 import time
 from pathlib import Path
 
@@ -25,21 +24,12 @@ from pipelines.semantic_ids.dedup import dedup_counter
 from pipelines.semantic_ids.embeddings import embed_with_cache
 from pipelines.semantic_ids.item_text import item_texts, order_variants
 from pipelines.semantic_ids.options import SemanticIdOptions
+from pipelines.semantic_ids.tokens import level_name, token
 from pipelines.storage import DatasetPaths, StagedOutputs, write_npz_atomic, write_parquet_atomic, write_text_atomic
 from schemas import columns as c
 
 def stage_dir(paths: DatasetPaths) -> Path:
     return paths.semantic_ids_dir()
-
-
-def level_name(level: int) -> str:
-    """a, b, c, ... (then l26, l27, ...): the letter of a level in SID tokens like ``<a_12>``."""
-    return string.ascii_lowercase[level] if level < 26 else f"l{level}"
-
-
-def token(level: int, code: int | str) -> str:
-    """The one spelling of a SID token (``code`` may be a format placeholder, ``"{}"``)."""
-    return f"<{level_name(level)}_{code}>"
 
 
 # item text -----------------------------------------------------------------------------------------

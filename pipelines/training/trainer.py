@@ -13,7 +13,6 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,11 +22,10 @@ import torch
 from pipelines.training.batches import iterate, n_examples
 from pipelines.training.evaluate import evaluate
 from pipelines.training.models.base import Recommender, pick_device
+from pipelines.reporting import Log
 
 SELECT_METRIC = "ndcg@10"  # validation metric for best epoch and early stopping
 VALID_KS = (5, 10, 20)
-
-Log = Callable[[str], None]
 
 
 @dataclass

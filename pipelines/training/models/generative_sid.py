@@ -8,7 +8,6 @@ may only follow code prefixes of real items. See ``GenerativeSID`` for the seque
 
 from __future__ import annotations
 
-import string
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,9 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipelines.training.models.base import Batch, DatasetInfo, Recommender
+from pipelines.training.models.layers import FeedForward
+from pipelines.semantic_ids.tokens import token
 
 PAD, BOS = 0, 1
-LEVEL_LETTERS = string.ascii_lowercase  # level l's codes are spelled <a_12>, <b_3>, ...
 
 
 @dataclass
@@ -38,8 +38,6 @@ class SIDVocabulary:
     [0, 2**n_behaviors), then the codes of each level l at ``code_offsets[l] + code``."""
 
     def __init__(self, n_behaviors: int, codebook_sizes: list[int]) -> None:
-        if len(codebook_sizes) > len(LEVEL_LETTERS):
-            raise ValueError(f"at most {len(LEVEL_LETTERS)} code levels are supported, got {len(codebook_sizes)}")
         self.n_behaviors = n_behaviors
         self.codebook_sizes = [int(s) for s in codebook_sizes]
         self.behavior_offset = 2
@@ -49,7 +47,7 @@ class SIDVocabulary:
 
     def names(self) -> list[str]:
         behaviors = [f"<beh_{m}>" for m in range(2 ** self.n_behaviors)]
-        codes = [f"<{LEVEL_LETTERS[l]}_{c}>" for l, size in enumerate(self.codebook_sizes) for c in range(size)]
+        codes = [token(l, c) for l, size in enumerate(self.codebook_sizes) for c in range(size)]
         return ["<pad>", "<bos>", *behaviors, *codes]
 
 
@@ -122,17 +120,6 @@ class SelfAttention(nn.Module):
         return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(N, T, C))), (k, v)
 
 
-class MLP(nn.Module):
-    def __init__(self, hidden: int, dropout: float) -> None:
-        super().__init__()
-        self.up = nn.Linear(hidden, 4 * hidden)
-        self.down = nn.Linear(4 * hidden, hidden)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down(F.gelu(self.up(x))))
-
-
 class Block(nn.Module):
     """Pre-LayerNorm transformer block."""
 
@@ -141,7 +128,7 @@ class Block(nn.Module):
         self.ln_attn = nn.LayerNorm(hidden)
         self.attn = SelfAttention(hidden, heads, dropout)
         self.ln_mlp = nn.LayerNorm(hidden)
-        self.mlp = MLP(hidden, dropout)
+        self.mlp = FeedForward(hidden, dropout)  # the same feed-forward as every other model's block
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, past: KeysValues | None = None
                 ) -> tuple[torch.Tensor, KeysValues]:
