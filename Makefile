@@ -16,7 +16,8 @@ demo: install
 test: install browser
 	$(BIN)/python -m pytest
 
-# Debian's chromium for the browser tests (the dataset card and Data Docs render headless); installed
+# Debian's chromium for the browser tests (the dataset card and Data Docs render headless, Playwright
+# drives the Dagster UI); installed
 # only when missing and when running as root with apt-get, else those tests are skipped with a reason.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \

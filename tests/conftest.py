@@ -100,3 +100,15 @@ def shared_once(tmp_path_factory, name: str, build) -> Path:
 def kuaisar_project(tmp_path_factory) -> Path:
     """Generated KuaiSAR through the whole job, once per session (read-only: copy before changing)."""
     return shared_once(tmp_path_factory, "kuaisar_project", lambda root: materialize_project("kuaisar", root))
+
+
+# The longest files start first (longest-processing-time-first scheduling): with --dist loadfile a
+# file runs on one worker, and the whole-graph Taobao training fixture alone takes most of the run,
+# so it must not start last. Order within a file is kept (the sort is stable).
+SLOWEST_FIRST = ("test_training_assets.py", "test_blade.py", "test_refresh_daemon.py", "test_dataset_card.py",
+                 "test_ui.py", "test_semantic_ids.py", "test_contracts.py", "test_reproducible.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))

@@ -5,15 +5,15 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from conftest import materialize_project
 from pipelines.contracts import validate_parquet
 from schemas import ingest as si
 from schemas import sequences as ss
 
 
 @pytest.fixture(scope="module")
-def out(tmp_path_factory):
-    return materialize_project("tenrec_qk_video", tmp_path_factory.mktemp("data"))
+def out(kuaisar_project):
+    """Every table of the session's whole-graph KuaiSAR run (read-only: violations go to copies)."""
+    return kuaisar_project / "outputs" / "kuaisar"
 
 
 CASES = [  # (table relative to outputs/<dataset>, model, violation, words the message must name)
