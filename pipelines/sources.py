@@ -59,7 +59,7 @@ def resolve_raw_source(
                           f"{'is' if len(unreadable) == 1 else 'are'} not a readable file (a folder or a broken link)")
     if has_raw_files(paths.raw_dir):
         return RawSource(paths.raw_dir, "raw", f"raw files in {_rel(paths.raw_dir, paths)}",
-                         _describe(paths.raw_dir, cfg, hash_limit_bytes))
+                         _describe(paths.raw_dir, cfg, hash_limit_bytes, _known_hashes(paths)))
     if previous_source_kind(paths) == "raw" and not allow_synthetic:
         expected = ", ".join(str(paths.raw_dir / f) for f in cfg.all_file_names)
         raise SourceError(
@@ -99,14 +99,52 @@ def _rel(path: Path, paths: DatasetPaths) -> str:
     return str(path.relative_to(paths.root)) if path.is_relative_to(paths.root) else str(path)
 
 
-def _describe(directory: Path, cfg: DatasetConfig, hash_limit_bytes: int) -> dict[str, dict[str, object]]:
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _known_hashes(paths: DatasetPaths) -> dict[str, tuple[tuple[int, str, str], str]]:
+    """Raw files the published ingest already hashed: name -> ((size, head, tail), sha256).
+
+    A refresh that only adds daily files must not re-read every old file to describe it: a file whose
+    fingerprint (size, SHA-256 of its first and last 64 KiB) equals the recorded one keeps its recorded
+    hash. (The fingerprint's blind spot, a same-size edit in the middle of a large file, is the one
+    incremental ingest has too: force a full rebuild after such an edit.)"""
+    try:
+        source = json.loads(paths.source().read_text())["files"]
+        state = json.loads(paths.ingest_state().read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    out = {}
+    for entry in state:
+        info = source.get(entry.get("name"), {})
+        if "sha256" in info:
+            out[entry["name"]] = ((int(entry["size"]), str(entry["head"]), str(entry["tail"])), str(info["sha256"]))
+    return out
+
+
+def _describe(directory: Path, cfg: DatasetConfig, hash_limit_bytes: int,
+              known: dict[str, tuple[tuple[int, str, str], str]] | None = None) -> dict[str, dict[str, object]]:
     from pipelines.ingest.core import matching_files
+    from pipelines.ingest.fingerprints import fingerprint
 
     out: dict[str, dict[str, object]] = {}
     for p in (p for pattern in cfg.all_file_names for p in matching_files(directory, pattern)):
         name = p.name
-        info: dict[str, object] = {"bytes": p.stat().st_size}
-        if p.stat().st_size <= hash_limit_bytes:
-            info["sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()
+        size = p.stat().st_size
+        info: dict[str, object] = {"bytes": size}
+        if size <= hash_limit_bytes:
+            recorded = (known or {}).get(name)
+            if recorded is not None:
+                fp = fingerprint(p)
+                if (fp.size, fp.head, fp.tail) == recorded[0]:
+                    info["sha256"] = recorded[1]
+                    out[name] = info
+                    continue
+            info["sha256"] = _sha256_file(p)
         out[name] = info
     return out

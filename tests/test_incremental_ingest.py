@@ -154,3 +154,36 @@ def test_touched_file_is_unchanged_and_files_match_the_pattern_sorted(registry, 
     summary = _ingest(cfg, raw, out)
     assert summary.mode == "incremental" and summary.files_parsed == ["events_3.csv"]
     assert sorted(summary.per_file) == ["events_1.csv", "events_2.csv", "events_3.csv"]
+
+
+def test_a_refresh_does_not_rehash_raw_files_already_ingested(registry, drops, tmp_path, monkeypatch):
+    """source.json's SHA-256 of an old, unchanged file is reused from the published version; only new
+    or changed files are read whole."""
+    import pipelines.sources as sources
+    from pipelines.layout import DatasetLayout
+
+    cfg = _cfg(registry)
+    paths = DatasetLayout(tmp_path, cfg.name)
+    hashed: list[str] = []
+    real = sources._sha256_file
+    monkeypatch.setattr(sources, "_sha256_file", lambda p: hashed.append(p.name) or real(p))
+
+    def refresh() -> dict:
+        source = sources.resolve_raw_source(cfg, paths, log=lambda _: None)
+        ingest_dataset(cfg, source.directory, paths.ingest_dir(), log=lambda _: None,
+                       extra_files={sources.SOURCE_FILE: source.to_json()})
+        return source.files
+
+    _write_drop(paths.raw_dir, 0, drops[0])
+    first = refresh()
+    assert hashed == ["events_1.csv"]
+    hashed.clear()
+    _write_drop(paths.raw_dir, 1, drops[1])
+    second = refresh()
+    assert hashed == ["events_2.csv"]  # the old file's hash came from the published source.json
+    assert second["events_1.csv"] == first["events_1.csv"]
+    assert second["events_2.csv"]["sha256"] == real(paths.raw_dir / "events_2.csv")
+    hashed.clear()
+    _write_drop(paths.raw_dir, 0, drops[0].replace(",pv,", ",fav,", 1))  # an old file replaced: read again
+    refresh()
+    assert "events_1.csv" in hashed
