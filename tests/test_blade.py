@@ -319,7 +319,7 @@ def test_overfits_a_deterministic_rule():
     batch = chain_dataset()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
-    for _ in range(200):
+    for _ in range(400):  # 200 steps sufficed for 3 of 4 seeds, 400 for every one tried (0-3)
         optimizer.zero_grad()
         model.loss(batch).backward()
         optimizer.step()

@@ -33,7 +33,8 @@ from torch import nn
 
 from pipelines.augmentation.behavior_ops import auxiliary_flipping, cooccurrence_addition, frequency_masking
 from pipelines.training.models.base import Batch, DatasetInfo, Recommender
-from pipelines.training.models.layers import TransformerEncoder, next_in_sequence, right_aligned_positions
+from pipelines.training.models.layers import (TransformerEncoder, candidate_logits, next_in_sequence,
+                                              right_aligned_positions)
 
 Augment = Callable[[np.ndarray], np.ndarray]
 
@@ -109,10 +110,6 @@ class TargetConditioning(nn.Module):
 class BehaviorSetModel(Recommender):
     """See the module docstring. ``augment`` maps int multi-hot histories [B, L, n_behaviors] (numpy)
     to an augmented copy of the same shape; it is used only when ``cfg.contrastive_weight > 0``."""
-
-    # candidate logits from one matmul over the whole catalogue when it is at most this many times
-    # the candidates per position, else from gathered candidate embeddings (same dot products)
-    full_logits_ratio = 16
 
     def __init__(self, info: DatasetInfo, cfg: BehaviorSetConfig | None = None, augment: Augment | None = None) -> None:
         super().__init__()
@@ -192,12 +189,7 @@ class BehaviorSetModel(Recommender):
         negatives = torch.randint(1, self.info.n_items + 1, (len(next_items), self.cfg.negatives),
                                   generator=self.sampler(), device=items.device)
         candidates = torch.cat([next_items[:, None], negatives], dim=1)  # [N, 1 + K]
-        if self.info.n_items + 1 <= self.full_logits_ratio * candidates.shape[1]:
-            # small catalogue: one matmul against every item, then pick the candidates; cheaper than
-            # gathering [N, 1 + K, D] embeddings (same dot products)
-            logits = (r @ self.item_emb.weight.T).gather(1, candidates)
-        else:
-            logits = torch.bmm(self.item_emb(candidates), r[:, :, None]).squeeze(-1)  # [N, 1 + K]
+        logits = candidate_logits(r, self.item_emb.weight, candidates)  # [N, 1 + K]
         positive_loss = F.softplus(-logits[:, 0])  # -log sigmoid(s+)
         valid = (negatives != next_items[:, None]).float()  # a sampled copy of the positive is no negative
         negative_loss = (F.softplus(logits[:, 1:]) * valid).sum(1) / valid.sum(1).clamp(min=1)

@@ -54,7 +54,7 @@ from pipelines.augmentation import behavior_ops
 from pipelines.training.models.base import Batch, DatasetInfo, Recommender
 from pipelines.training.models.behavior_set import multi_hot
 from pipelines.training.models.layers import (FeedForward, SelfAttention, TransformerEncoder, attention_mask,
-                                              next_in_sequence, right_aligned_positions)
+                                              candidate_logits, next_in_sequence, right_aligned_positions)
 
 Augment = Callable[[np.ndarray], np.ndarray]
 AUGMENTATIONS = ("mixed", "cooccurrence", "masking", "flipping")
@@ -79,9 +79,11 @@ class BladeConfig:
     # the positive is ignored unless this is set (the paper settings set it with mask_history = 50)
     exclude_history_negatives: bool = False
     contrastive_weight: float = 0.1  # lambda (Eq. 19); 0 switches the contrastive loss off
-    # tau (Eq. 18), unpublished: the similarity is a dot product over L·d (1,600 at the paper's sizes); at
-    # tau = 1 the contrastive term swamped the next-item loss in our tests (NDCG@10 0.40 against 0.72 at 100)
-    contrastive_temperature: float = 100.0
+    # tau (Eq. 18), unpublished: the similarity is a dot product over L·d (1,600 at the paper's sizes), so
+    # logits reach about L·d / tau. At tau = 1 the contrastive term swamped the next-item loss (rule test:
+    # NDCG@10 0.40 against 0.72 at 100); at 100 it still held training back on generated Taobao (validation
+    # NDCG@10 0.062 after 5 epochs, 0.101 at 1000, 0.090 with no contrastive loss; README)
+    contrastive_temperature: float = 1000.0
     augmentation: str = "mixed"  # mixed | cooccurrence | masking | flipping (one at a time, as the ablation)
     augmentation_ratio: float = 0.2  # rho: share of a view's steps an operator touches
 
@@ -296,18 +298,18 @@ class Blade(Recommender):
         next_masks = next_in_sequence(batch["behaviors"], batch["target_behaviors"])
         u = self.represent(items, multi_hot(batch["behaviors"], nb), multi_hot(next_masks, nb), batch["user_ids"])
         real = items > 0
-        positives = next_in_sequence(items, batch["target_items"])  # item id + 1
-        negatives = torch.randint(1, self.info.n_items + 1, (*items.shape, self.cfg.negatives),
+        rows = real.nonzero()[:, 0]  # the sequence of each real position
+        positives = next_in_sequence(items, batch["target_items"])[real]  # [M], item id + 1
+        negatives = torch.randint(1, self.info.n_items + 1, (len(positives), self.cfg.negatives),
                                   generator=self.sampler(), device=items.device)
-        valid = negatives != positives[..., None]  # [N, L, K]
+        valid = negatives != positives[:, None]  # [M, K]
         if self.cfg.exclude_history_negatives:
-            valid &= ~(negatives[..., None] == items[:, None, None, :]).any(-1)
+            valid &= ~(negatives[..., None] == items[rows][:, None, :]).any(-1)
         valid = valid.float()
-        pos_logit = (u * self.item_emb(positives)).sum(-1)
-        neg_logit = (u[:, :, None] * self.item_emb(negatives)).sum(-1)
-        per_position = F.softplus(-pos_logit) + (F.softplus(neg_logit) * valid).sum(-1) / valid.sum(-1).clamp(min=1)
-        w = richness_weights(next_masks, nb)
-        return (per_position * w)[real].sum() / real.sum().clamp(min=1)
+        logits = candidate_logits(u[real], self.item_emb.weight, torch.cat([positives[:, None], negatives], dim=1))
+        per_position = F.softplus(-logits[:, 0]) + (F.softplus(logits[:, 1:]) * valid).sum(-1) / valid.sum(-1).clamp(min=1)
+        w = richness_weights(next_masks, nb)[real]
+        return (per_position * w).sum() / real.sum().clamp(min=1)
 
     def augmented_sets(self, behaviors: torch.Tensor) -> torch.Tensor:
         """One augmented view [N, L, B] of the history's sets (on the host: the stage's numpy operators)."""

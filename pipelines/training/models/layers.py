@@ -179,3 +179,17 @@ def full_softmax_cross_entropy(h: torch.Tensor, weight: torch.Tensor, target: to
     if h.shape[0] == 0:
         return (h.sum() + weight.sum()) * 0.0
     return _ChunkedSoftmaxCE.apply(h, weight, target, chunk)
+
+
+# candidate logits from one matmul over the whole catalogue when it is at most this many times the
+# candidates per position, else from gathered candidate embeddings (the same dot products either way)
+FULL_LOGITS_RATIO = 16
+
+
+def candidate_logits(r: torch.Tensor, item_weight: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Dot products of representations ``r`` [N, d] with the rows ``candidates`` [N, C] of ``item_weight``
+    [rows, d] -> [N, C]. On a small catalogue one matmul against every row and a gather is much cheaper
+    on CPU than materializing [N, C, d] gathered embeddings (and their gradient)."""
+    if item_weight.shape[0] <= FULL_LOGITS_RATIO * candidates.shape[1]:
+        return (r @ item_weight.T).gather(1, candidates)
+    return torch.bmm(F.embedding(candidates, item_weight), r[:, :, None]).squeeze(-1)
