@@ -70,8 +70,8 @@ def run_pipeline(root: str) -> None:
     s = materialize_steps(cfg, paths, log=lambda m: None)
     split = materialize_split(cfg, paths, "leave_one_out", log=lambda m: None)
     mr = materialize_model_ready(cfg, paths, log=lambda m: None)
-    print(f"pipeline: {s['events_kept']:,} events -> {s['steps']:,} steps, {split['examples']:,} examples, "
-          f"{split['leak_steps_removed']:,} leaking steps removed; model-ready {mr['leave_one_out']}")
+    print(f"pipeline: {s.events_kept:,} events -> {s.steps:,} steps, {split.examples:,} examples, "
+          f"{split.leak_steps_removed:,} leaking steps removed; model-ready {mr['leave_one_out']}")
 
 
 def run_pandas(root: str) -> None:

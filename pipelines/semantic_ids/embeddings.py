@@ -67,6 +67,9 @@ def load_sentence_transformer(name: str, device: str):
     """A SentenceTransformer, offline; cached per process."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # its "Loading weights" bar would interleave with run logs
 
     resolved = resolve_model(name)
     try:
