@@ -144,16 +144,16 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     "recent_history": ModelSpec("The leak-exploiting heuristic: the user's own history, most recent first "
                                 "(no training).", _recent_history),
     "sasrec": ModelSpec("SASRec: causal self-attention over the item sequence, full-softmax next-item loss.",
-                        _sasrec, _sasrec_config, defaults={"epochs": 15, "patience": 3, "learning_rate": 5e-3}),
+                        _sasrec, _sasrec_config, defaults={"epochs": 30, "patience": 5}),
     "behavior_set": ModelSpec(
         "Behavior-set model of the EIDP/BLADE family (neither EIDP nor BLADE): personalized set embeddings, "
         "behavior-pair attention bias, target-behavior conditioning, richness-weighted BCE (optional "
         "contrastive loss).", _behavior_set, _behavior_set_config, upstream=("behavior_statistics",),
-        defaults={"epochs": 15, "patience": 3, "min_epochs": 6, "batch_size": 32, "learning_rate": 2e-3}),
+        defaults={"epochs": 20, "patience": 5, "min_epochs": 8, "batch_size": 32}),
     "generative_sid": ModelSpec(
         "Generative semantic-ID model: decoder-only transformer over SID and behavior tokens, constrained beam "
         "search over valid SIDs.", _generative_sid, _generative_sid_config, upstream=("semantic_ids",),
-        defaults={"epochs": 16, "patience": 3, "min_epochs": 8, "learning_rate": 3e-3, "batch_size": 64},
+        defaults={"epochs": 20, "patience": 5, "min_epochs": 8, "learning_rate": 3e-3, "batch_size": 64},
         data_files=lambda paths: [paths.semantic_ids()]),
     "blade": ModelSpec(
         "BLADE (AAAI 2026): early fusion + behavior-aware self-attention and behavior-guided mixture of experts, "
