@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 
+from pipelines.parallel import ordered_map
 from pipelines.registry import DatasetConfig
 from pipelines.reporting import Log, audit_plot, markdown_table
 from pipelines.sequences import splits as sp
@@ -99,15 +101,19 @@ def materialize_steps(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
     rounds: list[dict[str, int]] = []
     sets: dict[int, int] = {}
     users = sessions = 0
+    def shard_steps(bounds: tuple[int, int]) -> tuple[pl.DataFrame | None, Any]:
+        cleaned, report = clean(read_user_range(events_path, bounds[0], bounds[1], columns), cfg, opts)
+        if cleaned.is_empty():
+            return None, report
+        return with_sessions(behavior_steps(cleaned, cfg, opts), opts.session_gap_minutes), report
+
     with ParquetAppender(steps_path(paths), {"mbrec.order": "user_id, step"}) as out:
-        for i, (lo, hi) in enumerate(shards):
-            cleaned, report = clean(read_user_range(events_path, lo, hi, columns), cfg, opts)
+        for i, (steps, report) in enumerate(ordered_map(shard_steps, shards)):
             for k in totals:
                 totals[k] += getattr(report, k)
             rounds = report.k_core_rounds or rounds
-            if cleaned.is_empty():
+            if steps is None:
                 continue
-            steps = with_sessions(behavior_steps(cleaned, cfg, opts), opts.session_gap_minutes)
             out.write(steps)
             u, sess = steps[c.USER_ID].to_numpy(), steps["session"].to_numpy()
             new_user = np.r_[True, u[1:] != u[:-1]]
@@ -169,21 +175,29 @@ def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, lo
           ParquetAppender(paths.examples(protocol)) as filtered_out,
           ParquetAppender(paths.examples(protocol, filtered=False)) as unfiltered_out,
           ParquetAppender(paths.train_examples(protocol)) as train_out):
-        for lo, hi in user_shards(path, rows_per_shard):
-            steps = read_user_range(path, lo, hi)
+        def shard_split(bounds: tuple[int, int]) -> tuple[Any, pl.DataFrame, pl.DataFrame, int, pl.DataFrame,
+                                                           pl.DataFrame]:
+            steps = read_user_range(path, bounds[0], bounds[1])
             split = spec.run(steps, inputs)
-            for k, v in split.counts.items():
-                user_counts[k] = user_counts.get(k, 0) + v
             leaks = find_leaks(steps, split.examples, cfg, opts.leakage_filter, opts.max_len)
-            roles_out.write(split.roles)
             train = training_examples(steps, split.roles)
+            n_train_leaks = 0
             if opts.filter_training_targets:
                 train_leaks = find_leaks(steps, train, cfg, opts.leakage_filter, opts.max_len)
                 train = apply_filter(train.drop("dropped_steps"), train_leaks, opts.leakage_filter)
-                train_leak_steps += train_leaks.height
+                n_train_leaks = train_leaks.height
+            return (split, leaks, train, n_train_leaks, apply_filter(split.examples, leaks, opts.leakage_filter),
+                    apply_filter(split.examples, NO_LEAKS, "off"))
+
+        for split, leaks, train, n_train_leaks, filtered, unfiltered in ordered_map(
+                shard_split, user_shards(path, rows_per_shard)):
+            for k, v in split.counts.items():
+                user_counts[k] = user_counts.get(k, 0) + v
+            roles_out.write(split.roles)
+            train_leak_steps += n_train_leaks
             train_out.write(train)
-            filtered_out.write(apply_filter(split.examples, leaks, opts.leakage_filter))
-            unfiltered_out.write(apply_filter(split.examples, NO_LEAKS, "off"))
+            filtered_out.write(filtered)
+            unfiltered_out.write(unfiltered)
             for role, n in split.roles["role"].value_counts().iter_rows():
                 roles_count[role] = roles_count.get(role, 0) + int(n)
             excluded += split.users_excluded
@@ -224,14 +238,21 @@ def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = 
               ParquetAppender(paths.model_ready(protocol, "valid", "parquet")) as w_valid,
               ParquetAppender(paths.model_ready(protocol, "test", "parquet")) as w_test):
             writers = {"train": w_train, "valid": w_valid, "test": w_test}
-            for lo, hi in shards:
+            def shard_arrays(bounds: tuple[int, int], protocol: str = protocol) -> list[tuple[str, dict, pl.DataFrame]]:
+                lo, hi = bounds
                 steps = read_user_range(path, lo, hi)
                 examples = read_user_range(paths.examples(protocol), lo, hi)
+                out = []
                 for role, ex in (("train", read_user_range(paths.train_examples(protocol), lo, hi)),
                                  ("valid", examples.filter(pl.col("role") == "valid")),
                                  ("test", examples.filter(pl.col("role") == "test"))):
                     a = model_ready.build(steps, ex, opts.max_len)
-                    writers[role].write(model_ready.to_frame(a, role))
+                    out.append((role, a, model_ready.to_frame(a, role)))
+                return out
+
+            for shard in ordered_map(shard_arrays, shards):
+                for role, a, frame in shard:
+                    writers[role].write(frame)
                     arrays[role].append(a)
         summary[protocol] = {}
         for role in list(arrays):
