@@ -24,6 +24,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -35,7 +36,7 @@ from pipelines.reporting import Log
 from pipelines.registry import FORMAT_FILE_ROLES, DatasetConfig
 from pipelines.layout import INGEST_FILES, failed_attempt_dir
 from pipelines.locks import dataset_lock
-from pipelines.storage import ParquetAppender, VersionedOutputs, write_parquet_atomic
+from pipelines.storage import ParquetAppender, StagedOutputs, VersionedOutputs, write_parquet_atomic
 from schemas import columns as c
 from schemas.columns import EVENT_COLUMNS
 
@@ -211,30 +212,31 @@ def _current_summary(out_dir: Path, plan: Plan, started: float) -> IngestSummary
     return summary
 
 
-def _ingest(
-    cfg: DatasetConfig,
-    files: dict[str, list[RawFile]],
-    plan: Plan,
-    prev_dir: Path | None,
-    prev_report: dict | None,
-    staged: VersionedOutputs,
-    *,
-    raw_dir: Path,
-    out_dir: Path,
-    has_time: bool,
-    log: Log,
-    examples: int,
-    rows_per_shard: int,
-) -> IngestSummary:
-    """Parse the files the plan names (every file for a full rebuild), merge with the previous
-    version's tables when incremental, and stage every table (the caller publishes)."""
+@dataclass
+class ParsedRaw:
+    """One streaming pass over raw lines: every row parsed with its reason code (null = good), the
+    quarantine staged and checked against the threshold, counts per file."""
+
+    parsed: pl.LazyFrame
+    checks: list[Check]
+    source: Any
+    per_file: dict[str, dict[str, int]]
+    rows_read: int
+    rows_quarantined: int
+    reasons: dict[str, int]
+    parse_files: list[RawFile]
+
+    @property
+    def good(self) -> pl.LazyFrame:
+        return self.parsed.filter(pl.col(REASON_CODE).is_null())
+
+
+def parse_raw(cfg: DatasetConfig, files: dict[str, list[RawFile]], to_parse: dict[str, list[RawFile]],
+              staged: StagedOutputs, *, prev_dir: Path | None, prev_report: dict | None, out_dir: Path,
+              log: Log, examples: int) -> ParsedRaw:
+    """Steps 1-3: parse ``to_parse`` (every file for a full rebuild) into the staging folder and stage
+    the quarantine (the previous version's first when incremental); raises when too many rows are bad."""
     event_roles = set(EVENT_ROLES[cfg.format])
-    by_file = append_only(cfg)
-    if prev_dir is None:
-        to_parse = files
-    else:  # only new event files; side files are unchanged (the plan checked) and re-read below
-        new = set(plan.new_files)
-        to_parse = {role: [f for f in fs if f.name in new] for role, fs in files.items() if role in event_roles}
     # invalid UTF-8 bytes would fail the whole scan: such lines are found first and quarantined
     to_parse = {role: [readable_copy(f, staged.staging) if role in event_roles else f for f in fs]
                 for role, fs in to_parse.items()}
@@ -301,6 +303,37 @@ def _ingest(
             f"Nothing was published; the previous outputs in {out_dir} are unchanged. The full quarantine "
             f"of this attempt ({n_bad:,} rows) is in {kept_at}."
         )
+    return ParsedRaw(parsed, checks, source, per_file, rows_read, n_bad, reasons, parse_files)
+
+
+def _ingest(
+    cfg: DatasetConfig,
+    files: dict[str, list[RawFile]],
+    plan: Plan,
+    prev_dir: Path | None,
+    prev_report: dict | None,
+    staged: VersionedOutputs,
+    *,
+    raw_dir: Path,
+    out_dir: Path,
+    has_time: bool,
+    log: Log,
+    examples: int,
+    rows_per_shard: int,
+) -> IngestSummary:
+    """Parse the files the plan names (every file for a full rebuild), merge with the previous
+    version's tables when incremental, and stage every table (the caller publishes)."""
+    by_file = append_only(cfg)
+    if prev_dir is None:
+        to_parse = files
+    else:  # only new event files; side files are unchanged (the plan checked) and re-read below
+        new = set(plan.new_files)
+        to_parse = {role: [f for f in fs if f.name in new] for role, fs in files.items()
+                    if role in set(EVENT_ROLES[cfg.format])}
+    p = parse_raw(cfg, files, to_parse, staged, prev_dir=prev_dir, prev_report=prev_report, out_dir=out_dir,
+                  log=log, examples=examples)
+    parsed, checks, source, per_file, rows_read, n_bad, reasons, parse_files = (
+        p.parsed, p.checks, p.source, p.per_file, p.rows_read, p.rows_quarantined, p.reasons, p.parse_files)
 
     # 4-5. dense ids by (first file, raw id): known ids never change, new ones continue after the
     # largest (duplicates never change the user or item sets); then events joined to them, exact
