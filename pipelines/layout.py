@@ -6,6 +6,10 @@ Layout under the data root (default ``data/``, or ``$MBREC_DATA_ROOT``)::
     generated/<dataset>/           synthetic raw files, used when raw/<dataset>/ is empty
     outputs/<dataset>/<stage>/...  what each stage writes (accessors below)
     outputs/leaderboard.{parquet,md}   every dataset's evaluation
+    outputs/<dataset>/shards/      a sharded run's work (``shards: N`` > 1 in the registry):
+        map/                       the map step: bucket-<k>.parquet (parsed rows of shard k), quarantine
+        ids/                       dense id maps and side info merged from every shard's raw ids
+        <k>/...                    one shard's own stage folders (a layout with ``shard=k``)
 
 Stages, checks, the dataset card, the demo and training read and write only through a
 ``DatasetLayout`` (``settings.paths(name)`` in assets), so renaming an output is one edit here.
@@ -45,13 +49,37 @@ SEMANTIC_ID_FILES = {"semantic_ids": "semantic_ids.parquet", "build": "build.jso
 
 
 def default_data_root() -> Path:
-    return Path(os.environ.get(DATA_ROOT_ENV) or REPO_ROOT / "data")
+    value = os.environ.get(DATA_ROOT_ENV)
+    return data_root_path(value, DATA_ROOT_ENV) if value else REPO_ROOT / "data"
+
+
+def data_root_path(value: str, where: str = "data_root") -> Path:
+    """A data root from a path or a ``file://`` URL. Object-store URLs (``s3://``, ``gs://``, ...) are
+    refused with the reason: every stage publishes by atomic rename and a symbolic-link switch, and
+    holds a file lock per dataset, which object stores do not have (mount a shared POSIX file system
+    instead: NFS, EFS, Filestore; see deploy/README.md)."""
+    from urllib.parse import unquote, urlparse
+
+    if "://" not in value:
+        return Path(value)
+    url = urlparse(value)
+    if url.scheme == "file" and url.netloc in ("", "localhost"):
+        return Path(unquote(url.path))
+    raise ValueError(
+        f"{where}={value!r}: the data root must be a POSIX file system (a path or file:// URL), not {url.scheme}://. "
+        f"Stages publish by atomic rename and lock each dataset, which object stores cannot do; mount a shared "
+        f"file system (NFS, EFS, Filestore) on every worker and point {where} at it (deploy/README.md).")
+
+
+def shard_name(k: int) -> str:
+    return f"{k:04d}"
 
 
 @dataclass(frozen=True)
 class DatasetLayout:
     root: Path
     dataset: str
+    shard: int | None = None  # a shard's own folders (below outputs/<dataset>/shards/<k>/), else the dataset's
 
     # ---------------------------------------------------------------- inputs
     @property
@@ -64,7 +92,42 @@ class DatasetLayout:
 
     @property
     def outputs_dir(self) -> Path:
-        return self.root / "outputs" / self.dataset
+        base = self.root / "outputs" / self.dataset
+        return base if self.shard is None else base / "shards" / shard_name(self.shard)
+
+    # ---------------------------------------------------------------- user-hash shards
+    def shards_dir(self) -> Path:
+        return self.root / "outputs" / self.dataset / "shards"
+
+    def of_shard(self, k: int) -> "DatasetLayout":
+        """Shard ``k``'s layout: the same accessors, below ``outputs/<dataset>/shards/<k>/``."""
+        return DatasetLayout(self.root, self.dataset, k)
+
+    def shard_map_dir(self) -> Path:
+        """The map step's versioned folder: one bucket of parsed rows per shard, the quarantine."""
+        return self.shards_dir() / "map"
+
+    def shard_bucket(self, k: int) -> Path:
+        return self.shard_map_dir() / f"bucket-{shard_name(k)}.parquet"
+
+    def shard_map_report(self) -> Path:
+        return self.shard_map_dir() / "map_report.json"
+
+    def shard_ids_dir(self) -> Path:
+        """Dense id maps and item side info merged from every shard's raw ids (versioned)."""
+        return self.shards_dir() / "ids"
+
+    def raw_ids(self, kind: str) -> Path:
+        """A shard's distinct raw ids with the first file they occur in; ``kind``: users or items."""
+        return self.stage_dir("raw_ids") / f"{kind}.parquet"
+
+    def shard_summary(self) -> Path:
+        """What a shard run did (counts, the map version it read): the merge checks every shard's."""
+        return self.outputs_dir / "shard.json"
+
+    def training_counts(self, protocol: str) -> Path:
+        """A shard's additive behavior counts over training steps (merged by addition)."""
+        return self.statistics_dir(protocol) / "counts.json"
 
     def stage_dir(self, stage: str) -> Path:
         return self.outputs_dir / stage

@@ -19,6 +19,7 @@ from schemas.columns import MAX_BEHAVIORS
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REGISTRY = REPO_ROOT / "data" / "datasets.yaml"
 REGISTRY_ENV = "MBREC_REGISTRY"
+MAX_SHARDS = 4096
 
 FormatName = Literal["taobao", "tmall", "retailrocket", "kuaisar", "tenrec", "behavior_set_splits"]
 
@@ -141,6 +142,13 @@ class SyntheticOptions(_Strict):
     variant: Literal["video", "article"] = "video"
 
 
+class RunResources(_Strict):
+    """What one run of this dataset asks a cluster for (Kubernetes quantities, e.g. "2", "500m", "8Gi")."""
+
+    cpu: str | None = Field(default=None, pattern=r"^\d+(\.\d+)?m?$")
+    memory: str | None = Field(default=None, pattern=r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
+
+
 class DatasetConfig(_Strict):
     name: str
     format: FormatName
@@ -157,6 +165,16 @@ class DatasetConfig(_Strict):
     synthetic: SyntheticOptions = Field(default_factory=SyntheticOptions)
     stages: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Per-stage options, validated by each stage."
+    )
+    resources: RunResources = Field(
+        default_factory=RunResources,
+        description="CPU and memory a run of this dataset requests under Kubernetes (the dagster-k8s/config run "
+        "tag the sensors attach); a shard run of a sharded dataset asks for the same.",
+    )
+    shards: int = Field(
+        default=1, ge=1, le=MAX_SHARDS,
+        description="User-hash shards (FNV-1a 64 of the raw user id, mod shards): with more than one, the "
+        "per-user stages also run as dataset x shard partitions (the 'shards' asset group), one run per shard.",
     )
 
     @field_validator("behaviors")
@@ -195,7 +213,21 @@ class DatasetConfig(_Strict):
             raise ValueError(f"files: format '{self.format}' needs role(s) {missing}")
         if self.format == "tenrec" and self.time.unit != "none":
             raise ValueError("time: Tenrec files have no time column; use unit 'none'")
+        if why := self.not_shardable(self.shards):
+            raise ValueError(why)
         return self
+
+    def not_shardable(self, n: int) -> str | None:
+        """Why this dataset cannot run as ``n`` > 1 user-hash shards (None when it can)."""
+        if n <= 1:
+            return None
+        if self.format == "behavior_set_splits":
+            return "shards: a split release is read whole (its roles come from its files); use shards: 1"
+        seq = self.stages.get("sequences", {})
+        if seq.get("min_user_steps") or seq.get("min_item_steps"):
+            return ("shards: the iterative k-core (stages.sequences.min_user_steps/min_item_steps) needs global "
+                    "counts every round, so it runs on one shard; use shards: 1 or drop the k-core")
+        return None
 
     def file_names(self, role: str) -> list[str]:
         """The file names of one role, in reading order ([] when the role is not configured)."""

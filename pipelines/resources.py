@@ -7,7 +7,8 @@ from pathlib import Path
 import dagster as dg
 
 from pipelines.registry import DatasetConfig, Registry, load_registry
-from pipelines.storage import DatasetPaths, default_data_root
+from pipelines.layout import data_root_path, default_data_root
+from pipelines.storage import DatasetPaths
 
 
 class PipelineSettings(dg.ConfigurableResource):
@@ -23,7 +24,7 @@ class PipelineSettings(dg.ConfigurableResource):
         return self.registry().get(name)
 
     def data_root_path(self) -> Path:
-        return Path(self.data_root) if self.data_root else default_data_root()
+        return data_root_path(self.data_root) if self.data_root else default_data_root()
 
     def paths(self, name: str) -> DatasetPaths:
         return DatasetPaths(self.data_root_path(), name)

@@ -75,13 +75,16 @@ def heatmap(cfg: DatasetConfig, s: BehaviorStatistics, title: str) -> bytes:
 
 
 def materialize_statistics(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
-                           c_exponent: float | None = None) -> dict[str, dict[str, object]]:
+                           c_exponent: float | None = None,
+                           counts: dict[str, BehaviorCounts] | None = None) -> dict[str, dict[str, object]]:
+    """``counts``: per protocol, counts already added up (a sharded run's merge); others are counted here."""
     c_exponent = AugmentationOptions.of(cfg).mask_exponent if c_exponent is None else c_exponent
     out: dict[str, dict[str, object]] = {}
     for protocol in PROTOCOLS:
         if not paths.roles(protocol).is_file():
             continue
-        s = statistics(training_counts(paths, protocol, len(cfg.behaviors)), c_exponent)
+        total = (counts or {}).get(protocol) or training_counts(paths, protocol, len(cfg.behaviors))
+        s = statistics(total, c_exponent)
         doc = to_json(cfg, s, c_exponent)
         for name, arr in (("M", s.M), ("T", s.T)):
             buf = io.BytesIO()

@@ -43,6 +43,17 @@ class BehaviorCounts:
             out.transition_counts[k] = out.transition_counts.get(k, 0) + v
         return out
 
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-able form (a shard writes its counts; the merge adds them up)."""
+        return {"n_behaviors": self.n_behaviors,
+                "set_counts": [[m, n] for m, n in sorted(self.set_counts.items())],
+                "transition_counts": [[a, b, n] for (a, b), n in sorted(self.transition_counts.items())]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BehaviorCounts":
+        return cls(int(d["n_behaviors"]), {int(m): int(n) for m, n in d["set_counts"]},
+                   {(int(a), int(b)): int(n) for a, b, n in d["transition_counts"]})
+
 
 def count_sets(train_steps: pl.DataFrame, n_behaviors: int) -> BehaviorCounts:
     """Counts over training steps (user_id, step, behaviors), steps of a user in sequence order."""

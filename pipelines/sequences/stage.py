@@ -151,8 +151,11 @@ def _set_name(cfg: DatasetConfig, mask: int) -> str:
 
 
 def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, log: Log = print,
-                      rows_per_shard: int = ROWS_PER_SHARD) -> SplitSummary:
-    """Write one protocol's roles and examples (filtered and unfiltered), shard by shard of users."""
+                      rows_per_shard: int = ROWS_PER_SHARD, require_examples: bool = True) -> SplitSummary:
+    """Write one protocol's roles and examples (filtered and unfiltered), shard by shard of users.
+
+    ``require_examples`` False: a split without evaluation examples is written, not an error (one
+    user-hash shard of a dataset may hold no evaluable user; the dataset as a whole is checked)."""
     opts = SequenceOptions.of(cfg)
     out = split_dir(paths, protocol)
     spec = sp.PROTOCOL_TABLE[protocol]
@@ -205,7 +208,7 @@ def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, lo
             leak_examples += leaks["example"].n_unique()
             n_examples += split.examples.height
             note = split.note
-        if n_examples == 0:
+        if n_examples == 0 and require_examples:
             raise EmptyPartitionError(
                 f"dataset '{cfg.name}', split {protocol}: no user has enough target steps "
                 f"({excluded:,} users excluded); targets are {opts.target_behaviors or cfg.targets}")
@@ -220,7 +223,8 @@ def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, lo
 
 
 def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
-                            rows_per_shard: int = ROWS_PER_SHARD) -> dict[str, dict[str, int]]:
+                            rows_per_shard: int = ROWS_PER_SHARD,
+                            protocols: tuple[str, ...] = sp.PROTOCOLS) -> dict[str, dict[str, int]]:
     """train/valid/test arrays per materialized split: parquet (Array columns) and .npz."""
     import numpy as np
 
@@ -230,7 +234,7 @@ def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = 
     path = steps_path(paths)
     shards = user_shards(path, rows_per_shard)
     summary: dict[str, dict[str, int]] = {}
-    for protocol in sp.PROTOCOLS:
+    for protocol in protocols:
         if not paths.examples(protocol).is_file():
             continue
         arrays: dict[str, list[dict[str, np.ndarray]]] = {"train": [], "valid": [], "test": []}
