@@ -8,12 +8,12 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export HF_HUB_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test install browser ui bench-ingest bench-duckdb clean
+.PHONY: demo test install browser services ui bench-ingest bench-duckdb clean
 
 demo: install
 	$(BIN)/python -m assets.demo
 
-test: install browser
+test: install browser services
 	$(BIN)/python -m pytest
 
 # Debian's chromium for the browser tests (the dataset card and Data Docs render headless, Playwright
@@ -24,6 +24,22 @@ browser:
 		echo "installing Debian's chromium for the browser tests ..." && \
 		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		echo "chromium not available: the browser tests will be skipped"
+
+# Debian's redis-server (the Celery broker) and PostgreSQL (the shared instance storage) for the
+# distributed tests (tests/test_distributed.py): the tests start their own throwaway servers on free
+# ports (Debian's redis-server service is not started), so only the binaries are needed. Installed only
+# when missing and when running as root with apt-get, else those tests are skipped with a reason.
+services:
+	@command -v redis-server >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		echo "installing Debian's redis-server for the Celery tests ..." && \
+		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; } || \
+		echo "redis-server not available: the Celery tests will be skipped"
+	@{ command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; } || \
+		ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		echo "installing Debian's postgresql for the PostgreSQL instance tests ..." && \
+		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
+		echo "PostgreSQL (initdb, pg_ctl) not available: the PostgreSQL instance tests will be skipped"
 
 install: $(VENV)/.installed
 
