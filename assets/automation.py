@@ -24,6 +24,8 @@ from datetime import timedelta
 import dagster as dg
 
 from assets.partitions import dataset_partitions
+from assets.executors import run_tags
+from assets.shards import event_shards_job
 from pipelines.refresh import decode_cursor, encode_cursor, record_failure, scan_raw_folder
 from pipelines.resources import PipelineSettings
 
@@ -56,7 +58,7 @@ ingest_job = dg.define_asset_job(
 )
 
 
-@dg.sensor(job=ingest_job, minimum_interval_seconds=SENSOR_INTERVAL_S, default_status=dg.DefaultSensorStatus.RUNNING,
+@dg.sensor(jobs=[ingest_job, event_shards_job], minimum_interval_seconds=SENSOR_INTERVAL_S, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Watches data/raw/<dataset>/ of every registry dataset (name, size, modification time, "
                        "hashes of head and tail) and requests an ingest run of the dataset whose files are new, "
                        "grown, replaced or shrunk. Downstream assets follow through declarative automation.")
@@ -75,8 +77,11 @@ def raw_data_sensor(context: dg.SensorEvaluationContext, settings: PipelineSetti
             continue
         seen.append(change.describe())
         if change.needs_run:
+            cfg = registry.get(name) if name not in registry.broken else None
+            sharded = cfg is not None and cfg.shards > 1  # the map step of the sharded path instead
             requests.append(dg.RunRequest(run_key=change.run_key, partition_key=name,
-                                          tags={"mbrec/trigger": "raw files changed",
+                                          job_name=(event_shards_job if sharded else ingest_job).name,
+                                          tags={**run_tags(cfg),"mbrec/trigger": "raw files changed",
                                                 "mbrec/changed_files": ", ".join(change.changed)[:200]}))
         else:
             notes.append(f"{name}: raw files removed and none left; no run (outputs kept)")
@@ -103,7 +108,8 @@ downstream_refresh = dg.AutomationConditionSensorDefinition(
                                    "failure report, outputs/<dataset>/reports/failures.jsonl, shown by the dataset card.")
 def record_run_failure(context: dg.RunFailureSensorContext) -> None:
     run = context.dagster_run
-    dataset = run.tags.get("dagster/partition")
+    # a shard run's partition is "<dataset>|<shard>"; its dataset has its own tag
+    dataset = run.tags.get("dagster/partition/dataset") or run.tags.get("dagster/partition")
     if not dataset:
         return
     steps = [{"step": e.step_key, "error": _root_message(e.event_specific_data.error if e.event_specific_data else None)}
@@ -128,8 +134,9 @@ def _root_message(error) -> str:
 
 all_assets_job = dg.define_asset_job(
     "materialize_all",
-    selection=dg.AssetSelection.all(),
-    description="Every asset (and its checks) for one dataset partition.",
+    selection=dg.AssetSelection.all() - dg.AssetSelection.groups("shards"),
+    description="Every asset (and its checks) for one dataset partition (the single-machine path; a sharded "
+                "run is the 'shards' group).",
 )
 
 

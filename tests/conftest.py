@@ -106,7 +106,8 @@ def kuaisar_project(tmp_path_factory) -> Path:
 # file runs on one worker, and the whole-graph Taobao training fixture alone takes most of the run,
 # so it must not start last. Order within a file is kept (the sort is stable).
 SLOWEST_FIRST = ("test_training_assets.py", "test_blade.py", "test_refresh_daemon.py", "test_dataset_card.py",
-                 "test_ui.py", "test_semantic_ids.py", "test_contracts.py", "test_reproducible.py")
+                 "test_ui.py", "test_sharded_runs.py", "test_semantic_ids.py", "test_contracts.py", "test_reproducible.py",
+                 "test_shards.py")
 
 
 def pytest_collection_modifyitems(config, items):

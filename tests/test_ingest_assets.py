@@ -33,7 +33,12 @@ def test_definitions_load_with_partitions_for_every_dataset(registry):
     node = graph.get(dg.AssetKey("canonical_events"))
     assert node.partitions_def.get_partition_keys() == registry.names
     job = defs.resolve_job_def("materialize_all")
-    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == keys  # every asset, one job
+    shard_group = {"event_shards", "event_shard_ids", "dense_ids", "shard_sequences", "sharded_dataset"}
+    assert shard_group <= keys
+    # every asset of the single-machine path in one job (the sharded path runs per dataset x shard)
+    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == keys - shard_group
+    shard_keys = graph.get(dg.AssetKey("shard_sequences")).partitions_def.get_partition_keys()
+    assert shard_keys == [f"{d}|0" for d in registry.names]  # every dataset, one shard each by default
 
 
 def test_materialize_on_generated_data_passes_every_check(materialized):

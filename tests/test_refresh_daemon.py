@@ -66,6 +66,7 @@ def test_a_dropped_file_refreshes_its_dataset_only_and_only_once(tmp_path):
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "POLARS_MAX_THREADS": "1"}
     staged = write_synthetic("taobao", tmp_path / "staged", SyntheticSpec(users=300, items=250, topics=8, seed=5))[0]
     log = home / "daemon.log"
+    dg.DagsterInstance.from_config(str(home)).dispose()  # the schema exists before the daemon opens it (SQLite)
     with open(log, "wb") as out:
         daemon = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],
                                   cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -82,6 +82,9 @@ def test_ui_lists_every_asset_with_its_dataset_partitions(webserver, registry):
     by_key = {"/".join(n["assetKey"]["path"]): n for n in nodes}
     assert set(by_key) >= {"canonical_events", "user_id_map", "item_id_map", "item_side_info", "ingest_quarantine"}
     for key, node in by_key.items():  # the cross-dataset leaderboard is the one unpartitioned asset
+        if key in ("event_shard_ids", "shard_sequences"):  # dataset x shard (one shard each by default)
+            assert node["partitionKeys"] == [f"{d}|0" for d in registry.names], key
+            continue
         assert node["partitionKeys"] == ([] if key == "cross_dataset_leaderboard" else registry.names), key
     assert by_key["canonical_events"]["groupName"] == "ingest"
 
