@@ -162,8 +162,8 @@ def memory_per_shard(csv: Path, work: Path, counts: list[int]) -> None:
         registry = setup_root(root, csv, n)
         env = {**os.environ, "MBREC_REGISTRY": str(registry), "MBREC_DATA_ROOT": str(root)}
         wall_map, peak_map = timed_process(STEP.format(call="shards.map_to_shards(cfg, L.raw_dir, L, log=q)"), env)
-        for k in range(n):
-            timed_process(STEP.format(call=f"shards.shard_raw_ids(cfg, L, {k}, log=q)"), env)
+        wall_raw_ids = sum(timed_process(STEP.format(call=f"shards.shard_raw_ids(cfg, L, {k}, log=q)"), env)[0]
+                           for k in range(n))
         wall_ids, peak_ids = timed_process(STEP.format(call="shards.merge_dense_ids(cfg, L.raw_dir, L, log=q)"), env)
         shard_peaks, shard_walls = [], []
         for k in range(n):
@@ -171,8 +171,11 @@ def memory_per_shard(csv: Path, work: Path, counts: list[int]) -> None:
             shard_peaks.append(p)
             shard_walls.append(w)
         wall_merge, peak_merge = timed_process(STEP.format(call="shards.merge_shards(cfg, L.raw_dir, L, log=q)"), env)
+        total = wall_map + wall_raw_ids + wall_ids + sum(shard_walls) + wall_merge
+        print(f"  N={n:>3}: every step as a plain process, one at a time: {total:.1f} s")
         print(f"  N={n:>3}: shard_sequences peak {max(shard_peaks):,.0f} MB (largest shard), "
               f"{sum(shard_walls):.1f} s over all shards; map {peak_map:,.0f} MB / {wall_map:.1f} s; "
+              f"raw ids {wall_raw_ids:.1f} s over all shards; "
               f"dense ids {peak_ids:,.0f} MB / {wall_ids:.1f} s; merge {peak_merge:,.0f} MB / {wall_merge:.1f} s",
               flush=True)
         shutil.rmtree(root, ignore_errors=True)
@@ -190,7 +193,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/mbrec_bench_shards"))
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    csv = args.csv or generate(args.work, int(args.rows))
+    csv = (args.csv or generate(args.work, int(args.rows))).resolve()
     print(f"input: {csv} ({csv.stat().st_size / 1e9:.2f} GB)", flush=True)
     if not args.no_celery:
         in_process_vs_celery(csv, args.work, args.shards, args.workers)
