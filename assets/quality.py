@@ -10,7 +10,7 @@ import dagster as dg
 from assets.partitions import dataset_partitions
 from assets.sequences import model_ready_sequences
 from pipelines.layout import producers_of
-from pipelines.quality import SuiteResult, canonical_events_suite, model_ready_suite
+from pipelines.quality import SuiteResult, canonical_events_suite, model_ready_suite, run_suites
 from pipelines.resources import PipelineSettings
 from pipelines.sequences.options import SequenceOptions
 
@@ -42,16 +42,14 @@ def canonical_events_expectations(context: dg.AssetCheckExecutionContext, settin
 
 @dg.asset_check(asset=model_ready_sequences, blocking=False, partitions_def=dataset_partitions,
                 description="Great Expectations suites on every model-ready table; HTML Data Docs under "
-                            "outputs/<dataset>/quality/data_docs/model_ready_<protocol>_<role>/.")
+                            "outputs/<dataset>/quality/data_docs/model_ready/ (a page per table).")
 def model_ready_expectations(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
     cfg = settings.dataset(context.partition_key)
     paths = settings.paths(cfg.name)
     max_len = SequenceOptions.of(cfg).max_len
-    results = {}
-    for table in paths.model_ready_tables():
-        key = f"{table.parent.name}_{table.stem}"
-        results[key] = model_ready_suite(cfg, table, max_len, paths.data_docs(f"model_ready_{key}"))
-    return _result(results)
+    suites = [model_ready_suite(cfg, table, max_len) for table in paths.model_ready_tables()]
+    results = run_suites(suites, paths.data_docs("model_ready"))
+    return _result({name.removeprefix("model_ready_"): r for name, r in results.items()})
 
 
 quality_checks = [canonical_events_expectations, model_ready_expectations]

@@ -39,8 +39,18 @@ def _sample(path: Path, max_rows: int, columns: list[str] | None = None) -> pl.D
     return (lf.gather_every(stride) if stride > 1 else lf).collect()
 
 
-def run_suite(name: str, frame: pl.DataFrame, expectations: list, docs_dir: Path) -> SuiteResult:
-    """Run ``expectations`` on ``frame`` with a checkpoint that updates the Data Docs in ``docs_dir``."""
+@dataclass(frozen=True)
+class Suite:
+    """One expectation suite to run on one frame (a table's sample)."""
+
+    name: str
+    frame: pl.DataFrame
+    expectations: list
+
+
+def run_suites(suites: list[Suite], docs_dir: Path) -> dict[str, SuiteResult]:
+    """Run every suite in one GX context and build one Data Docs site in ``docs_dir`` (a page per
+    suite; one site build renders GX's templates once instead of once per suite)."""
     import great_expectations as gx
 
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -54,23 +64,31 @@ def run_suite(name: str, frame: pl.DataFrame, expectations: list, docs_dir: Path
         "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
         "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
     })
-    batch = context.data_sources.add_pandas("pandas").add_dataframe_asset(name=name) \
-        .add_batch_definition_whole_dataframe("sample")
-    suite = context.suites.add(gx.ExpectationSuite(name=name))
-    for e in expectations:
-        suite.add_expectation(e)
-    validation = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
-    checkpoint = context.checkpoints.add(gx.Checkpoint(
-        name=name, validation_definitions=[validation],
-        actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["mbrec"])]))
-    result = checkpoint.run(batch_parameters={"dataframe": frame.to_pandas()})
-    run = next(iter(result.run_results.values()))
-    failed = [r.expectation_config.type + (f"({r.expectation_config.kwargs.get('column')})"
-                                           if r.expectation_config.kwargs.get("column") else "")
-              for r in run.results if not r.success]
-    stats = run.statistics
-    return SuiteResult(bool(result.success), int(stats["evaluated_expectations"]),
-                       int(stats["unsuccessful_expectations"]), failed, frame.height, docs_dir / "index.html")
+    source = context.data_sources.add_pandas("pandas")
+    results: dict[str, SuiteResult] = {}
+    for s in suites:
+        batch = source.add_dataframe_asset(name=s.name).add_batch_definition_whole_dataframe("sample")
+        suite = context.suites.add(gx.ExpectationSuite(name=s.name))
+        for e in s.expectations:
+            suite.add_expectation(e)
+        validation = context.validation_definitions.add(gx.ValidationDefinition(name=s.name, data=batch, suite=suite))
+        checkpoint = context.checkpoints.add(gx.Checkpoint(name=s.name, validation_definitions=[validation]))
+        result = checkpoint.run(batch_parameters={"dataframe": s.frame.to_pandas()})
+        run = next(iter(result.run_results.values()))
+        failed = [r.expectation_config.type + (f"({r.expectation_config.kwargs.get('column')})"
+                                               if r.expectation_config.kwargs.get("column") else "")
+                  for r in run.results if not r.success]
+        stats = run.statistics
+        results[s.name] = SuiteResult(bool(result.success), int(stats["evaluated_expectations"]),
+                                      int(stats["unsuccessful_expectations"]), failed, s.frame.height,
+                                      docs_dir / "index.html")
+    context.build_data_docs(site_names=["mbrec"])
+    return results
+
+
+def run_suite(name: str, frame: pl.DataFrame, expectations: list, docs_dir: Path) -> SuiteResult:
+    """Run ``expectations`` on ``frame`` and write its Data Docs in ``docs_dir``."""
+    return run_suites([Suite(name, frame, expectations)], docs_dir)[name]
 
 
 def _source_file_expectation(cfg: DatasetConfig):
@@ -108,7 +126,9 @@ def canonical_events_suite(cfg: DatasetConfig, events_path: Path, docs_dir: Path
     return run_suite("canonical_events", frame, expectations, docs_dir)
 
 
-def model_ready_suite(cfg: DatasetConfig, table: Path, max_len: int, docs_dir: Path, max_rows: int = 200_000) -> SuiteResult:
+def model_ready_suite(cfg: DatasetConfig, table: Path, max_len: int, max_rows: int = 200_000) -> Suite:
+    """The suite of one model-ready table (``model_ready/<protocol>/<role>.parquet``); run the tables'
+    suites together with ``run_suites``."""
     import great_expectations as gx
 
     e = gx.expectations
@@ -121,4 +141,4 @@ def model_ready_suite(cfg: DatasetConfig, table: Path, max_len: int, docs_dir: P
     ]
     if table.parent.name != "session":  # the session protocol has one target per held-out step
         expectations.append(e.ExpectColumnValuesToBeUnique(column=c.USER_ID))
-    return run_suite(f"model_ready_{table.parent.name}_{table.stem}", frame, expectations, docs_dir)
+    return Suite(f"model_ready_{table.parent.name}_{table.stem}", frame, expectations)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from conftest import ingested
-from pipelines.quality import canonical_events_suite, model_ready_suite
+from pipelines.quality import canonical_events_suite, model_ready_suite, run_suites
 from pipelines.sequences.stage import materialize_model_ready, materialize_split, materialize_steps
 from schemas import columns as c
 
@@ -33,8 +33,14 @@ def test_suites_pass_on_generated_data_and_catch_violations(tmp_path, registry, 
     materialize_split(cfg, paths, "leave_one_out", log=lambda _: None)
     materialize_model_ready(cfg, paths, log=lambda _: None)
     table = paths.stage_dir("model_ready") / "leave_one_out" / "test.parquet"
-    assert model_ready_suite(cfg, table, 50, docs).success
     t = pl.read_parquet(table)
     t.with_columns(pl.lit(0, pl.UInt32).alias(c.USER_ID)).write_parquet(bad)
-    r = model_ready_suite(cfg, bad, 50, tmp_path / "docs_bad2")
+    # several tables' suites in one context: each keeps its own result, the site has a page per suite
+    good_suite, bad_suite = model_ready_suite(cfg, table, 50), model_ready_suite(cfg, bad, 50)
+    bad_suite = bad_suite.__class__("model_ready_bad", bad_suite.frame, bad_suite.expectations)
+    results = run_suites([good_suite, bad_suite], tmp_path / "docs_mr")
+    assert results["model_ready_leave_one_out_test"].success
+    r = results["model_ready_bad"]
     assert not r.success and "expect_column_values_to_be_unique(user_id)" in r.failed_expectations
+    index = r.docs_index.read_text()
+    assert "model_ready_leave_one_out_test" in index and "model_ready_bad" in index
