@@ -104,10 +104,22 @@ def kuaisar_project(tmp_path_factory) -> Path:
 
 # The longest files start first (longest-processing-time-first scheduling): with --dist loadfile a
 # file runs on one worker, and the whole-graph Taobao training fixture alone takes most of the run,
-# so it must not start last. Order within a file is kept (the sort is stable).
-SLOWEST_FIRST = ("test_training_assets.py", "test_blade.py", "test_refresh_daemon.py", "test_dataset_card.py",
-                 "test_ui.py", "test_sharded_runs.py", "test_semantic_ids.py", "test_contracts.py", "test_reproducible.py",
-                 "test_shards.py")
+# so it must not start last. Order within a file is kept (the sort is stable). pytest-xdist would
+# reorder files by their number of tests unless told not to (--no-loadscope-reorder in addopts).
+# The first three go one to each worker; a worker whose file has at most two tests left is handed
+# the next file at once, so the next two (the UI and BLADE files) queue behind the sharded and daemon
+# tests. The first file that needs the shared KuaiSAR project (test_semantic_ids) builds it while
+# the other files that read it come later. Seconds are from a run of the whole suite on 2 cores.
+SLOWEST_FIRST = ("test_training_assets.py",  # 326 s
+                 "test_sharded_runs.py",  # 160 s
+                 "test_refresh_daemon.py",  # 148 s
+                 "test_ui.py",  # 137 s
+                 "test_blade.py",  # 136 s
+                 "test_demo_signals.py",  # 62 s
+                 "test_semantic_ids.py",  # 51 s, builds the shared KuaiSAR project
+                 "test_dataset_card.py",  # 51 s
+                 "test_contracts.py", "test_reproducible.py", "test_shards.py", "test_sequence_assets.py",
+                 "test_blocking_checks.py", "test_distributed.py", "test_synthetic.py")
 
 
 def pytest_collection_modifyitems(config, items):

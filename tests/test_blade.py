@@ -247,7 +247,7 @@ def rule_scores():
     scores: dict[tuple[str, int], float] = {}
     for seed in SEEDS:
         data = rule_dataset(seed=seed)
-        train_cfg = TrainConfig(epochs=12, batch_size=64, learning_rate=3e-3, patience=12, seed=seed, device="cpu")
+        train_cfg = TrainConfig(epochs=10, batch_size=64, learning_rate=3e-3, patience=10, seed=seed, device="cpu")
         torch.manual_seed(seed)
         models = {"popularity": Popularity(info), "sasrec": SASRec(info, SASRecConfig(hidden=32)),
                   "blade": Blade(info, BladeConfig(negatives=20),
