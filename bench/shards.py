@@ -101,12 +101,44 @@ q = lambda m: None
 """
 
 
-def in_process_vs_celery(csv: Path, work: Path, n: int, workers: int) -> None:
+# the single-machine chain's stages, each as its own process (as Dagster's multiprocess executor runs
+# the steps): the peak per stage, which a one-process chain cannot show
+STAGES = {
+    "ingest": "from pipelines.ingest.core import ingest_dataset\ningest_dataset(cfg, L.raw_dir, L.ingest_dir(), log=q)",
+    "steps": "from pipelines.sequences import stage\nstage.materialize_steps(cfg, L, log=q)",
+    **{f"split {p}": f"from pipelines.sequences import stage\nstage.materialize_split(cfg, L, {p!r}, log=q)"
+       for p in ("leave_one_out", "temporal", "session", "eidp", "released")},
+    "model-ready": "from pipelines.sequences import stage\nstage.materialize_model_ready(cfg, L, log=q)",
+    "statistics": "from pipelines.augmentation.stage import materialize_statistics\nmaterialize_statistics(cfg, L, log=q)",
+}
+
+
+def single_machine(csv: Path, work: Path, per_stage: bool) -> float:
+    """The single-machine chain: in one process, or (``per_stage``) one process per stage."""
     root = work / "single"
     registry = setup_root(root, csv, 1)
     env = {**os.environ, "MBREC_REGISTRY": str(registry), "MBREC_DATA_ROOT": str(root)}
-    wall_single, peak_single = timed_process(SINGLE, env)
-    print(f"in-process chain: {wall_single:.1f} s, peak RSS {peak_single:,.0f} MB", flush=True)
+    if not per_stage:
+        wall_single, peak_single = timed_process(SINGLE, env)
+        print(f"in-process chain: {wall_single:.1f} s, peak RSS {peak_single:,.0f} MB", flush=True)
+        return wall_single
+    from pipelines.sequences import splits as sp
+
+    total, peaks = 0.0, {}
+    for name, call in STAGES.items():
+        if name.startswith("split ") and name.removeprefix("split ") not in sp.PROTOCOLS:
+            continue
+        wall, peak = timed_process(STEP.format(call=call), env)
+        total += wall
+        peaks[name] = peak
+        print(f"  single machine, {name}: {wall:.1f} s, peak RSS {peak:,.0f} MB", flush=True)
+    print(f"single-machine chain, one process per stage: {total:.1f} s, largest peak RSS "
+          f"{max(peaks.values()):,.0f} MB ({max(peaks, key=peaks.get)})", flush=True)
+    return total
+
+
+def in_process_vs_celery(csv: Path, work: Path, n: int, workers: int, per_stage: bool) -> None:
+    wall_single = single_machine(csv, work, per_stage)
 
     if not shutil.which("redis-server"):
         print("redis-server not installed: no Celery figures (make test installs it)")
@@ -190,13 +222,16 @@ def main() -> None:
     ap.add_argument("--memory-shards", default="1,4,16")
     ap.add_argument("--no-celery", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--per-stage", action="store_true",
+                    help="run the single-machine chain one process per stage (at 100M rows one process "
+                         "for the whole chain does not fit in 24 GB)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/mbrec_bench_shards"))
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     csv = (args.csv or generate(args.work, int(args.rows))).resolve()
     print(f"input: {csv} ({csv.stat().st_size / 1e9:.2f} GB)", flush=True)
     if not args.no_celery:
-        in_process_vs_celery(csv, args.work, args.shards, args.workers)
+        in_process_vs_celery(csv, args.work, args.shards, args.workers, args.per_stage)
     if not args.no_memory:
         memory_per_shard(csv, args.work, [int(x) for x in args.memory_shards.split(",")])
     print(json.dumps({"done": True}))
