@@ -137,8 +137,13 @@ def single_machine(csv: Path, work: Path, per_stage: bool) -> float:
     return total
 
 
-def in_process_vs_celery(csv: Path, work: Path, n: int, workers: int, per_stage: bool) -> None:
-    wall_single = single_machine(csv, work, per_stage)
+def in_process_vs_celery(csv: Path, work: Path, n: int, workers: int, per_stage: bool,
+                         single_seconds: float | None = None) -> None:
+    if single_seconds:
+        wall_single = single_seconds
+        print(f"single-machine chain: {wall_single:.1f} s (given, not run)", flush=True)
+    else:
+        wall_single = single_machine(csv, work, per_stage)
 
     if not shutil.which("redis-server"):
         print("redis-server not installed: no Celery figures (make test installs it)")
@@ -222,6 +227,8 @@ def main() -> None:
     ap.add_argument("--memory-shards", default="1,4,16")
     ap.add_argument("--no-celery", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--single-seconds", type=float,
+                    help="the single-machine chain's wall time from an earlier run (skips running it again)")
     ap.add_argument("--per-stage", action="store_true",
                     help="run the single-machine chain one process per stage (at 100M rows one process "
                          "for the whole chain does not fit in 24 GB)")
@@ -231,7 +238,7 @@ def main() -> None:
     csv = (args.csv or generate(args.work, int(args.rows))).resolve()
     print(f"input: {csv} ({csv.stat().st_size / 1e9:.2f} GB)", flush=True)
     if not args.no_celery:
-        in_process_vs_celery(csv, args.work, args.shards, args.workers, args.per_stage)
+        in_process_vs_celery(csv, args.work, args.shards, args.workers, args.per_stage, args.single_seconds)
     if not args.no_memory:
         memory_per_shard(csv, args.work, [int(x) for x in args.memory_shards.split(",")])
     print(json.dumps({"done": True}))

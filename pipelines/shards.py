@@ -451,14 +451,27 @@ def merge_table(parts: list[Path], target: Path, users_per_block: int, n_users: 
 
 
 def merge_arrays(parts: list[Path], target: Path) -> int:
-    """Concatenate shards' model-ready arrays and order the examples by user (stable within a user)."""
-    from pipelines.sequences.model_ready import load
+    """Concatenate shards' model-ready arrays and order the examples by user (stable within a user).
 
-    loaded = [a for p in parts if p.is_file() and (a := load(p)) and len(a.get("user_ids", ())) > 0]
-    if not loaded:
+    One array at a time: the user ids give the order, then each array is read from every shard,
+    ordered and written before the next one is read."""
+
+    def read(path: Path, key: str) -> np.ndarray:
+        with np.load(path) as data:
+            return data[key] if key in data.files else np.zeros(0, np.int32)
+
+    user_ids = {p: read(p, "user_ids") for p in parts if p.is_file()}
+    present = [p for p, u in user_ids.items() if len(u) > 0]
+    if not present:
         write_npz_atomic({}, target)
         return 0
-    merged = {k: np.concatenate([a[k] for a in loaded]) for k in loaded[0]}
-    order = np.argsort(merged["user_ids"], kind="stable")
-    write_npz_atomic({k: v[order] for k, v in merged.items()}, target)
+    order = np.argsort(np.concatenate([user_ids[p] for p in present]), kind="stable")
+    del user_ids
+    with np.load(present[0]) as data:
+        keys = list(data.files)
+
+    def merged(key: str) -> np.ndarray:
+        return np.concatenate([read(p, key) for p in present])[order]
+
+    write_npz_atomic({k: (lambda k=k: merged(k)) for k in keys}, target)
     return len(order)

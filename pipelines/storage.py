@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -49,8 +50,34 @@ def write_bytes_atomic(data: bytes, path: Path) -> Path:
     return path
 
 
-def write_npz_atomic(arrays: dict[str, "np.ndarray"], path: Path) -> Path:
-    """``np.savez`` layout (``np.load`` reads it), but with fixed zip timestamps: same arrays, same bytes."""
+def _npy_header(dtype: "np.dtype", shape: tuple[int, ...]) -> bytes:
+    """The ``.npy`` header ``np.lib.format.write_array`` writes for a C-ordered array (version 1.0,
+    or 2.0 when the header is too long for 1.0)."""
+    import io
+
+    import numpy as np
+
+    d = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
+    buf = io.BytesIO()
+    try:
+        np.lib.format.write_array_header_1_0(buf, d)
+    except ValueError:
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_2_0(buf, d)
+    return buf.getvalue()
+
+
+def _npz_member(name: str):
+    import zipfile
+
+    return zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+
+
+def write_npz_atomic(arrays: Mapping[str, "np.ndarray | Callable[[], np.ndarray]"], path: Path) -> Path:
+    """``np.savez`` layout (``np.load`` reads it), but with fixed zip timestamps: same arrays, same bytes.
+
+    A value may be a function returning the array: it is called when that array is written, so only
+    one such array is in memory at a time."""
     import zipfile
 
     import numpy as np
@@ -60,13 +87,81 @@ def write_npz_atomic(arrays: dict[str, "np.ndarray"], path: Path) -> Path:
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             for name, arr in arrays.items():
-                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                with zf.open(info, "w", force_zip64=True) as f:
-                    np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
+                with zf.open(_npz_member(name), "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asanyarray(arr() if callable(arr) else arr), allow_pickle=False)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+class NpzAppender:
+    """Write an ``.npz`` from blocks of rows without holding the arrays: the same bytes as
+    ``write_npz_atomic`` of the blocks concatenated along the first axis.
+
+    >>> with NpzAppender(path) as out:
+    ...     for shard in shards:
+    ...         out.append({"items": items_of(shard), "lengths": lengths_of(shard)})
+
+    Each array's blocks go to a scratch file beside ``path``; on close the zip is assembled from
+    them in chunks and renamed into place. Memory stays at one block, whatever the total (the
+    model-ready arrays of Taobao's 100M events are about 15 GB). A failure inside the block leaves
+    no file and keeps any previous one.
+    """
+
+    CHUNK = 64 << 20
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._token = uuid.uuid4().hex
+        self._parts: dict[str, tuple[Path, "np.dtype", tuple[int, ...]]] = {}
+        self._rows: dict[str, int] = {}
+        self._files: dict[str, object] = {}
+
+    def __enter__(self) -> "NpzAppender":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def append(self, arrays: dict[str, "np.ndarray"]) -> None:
+        import numpy as np
+
+        for name, arr in arrays.items():
+            arr = np.ascontiguousarray(arr)
+            if name not in self._parts:
+                part = self.path.with_name(f".{self.path.name}.{self._token}.{len(self._parts)}.part")
+                self._parts[name] = (part, arr.dtype, arr.shape[1:])
+                self._rows[name] = 0
+                self._files[name] = part.open("wb")
+            _, dtype, tail = self._parts[name]
+            if arr.dtype != dtype or arr.shape[1:] != tail:
+                raise ValueError(f"{self.path.name}: block of '{name}' is {arr.dtype}{list(arr.shape[1:])}, "
+                                 f"earlier blocks {dtype}{list(tail)}")
+            self._files[name].write(arr.tobytes())
+            self._rows[name] += arr.shape[0]
+
+    @property
+    def rows(self) -> dict[str, int]:
+        return dict(self._rows)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        import zipfile
+
+        tmp = self.path.with_name(f".{self.path.name}.{self._token}.tmp")
+        try:
+            for f in self._files.values():
+                f.close()
+            if exc_type is None:
+                with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+                    for name, (part, dtype, tail) in self._parts.items():
+                        with zf.open(_npz_member(name), "w", force_zip64=True) as out, part.open("rb") as src:
+                            out.write(_npy_header(dtype, (self._rows[name], *tail)))
+                            shutil.copyfileobj(src, out, self.CHUNK)
+                        part.unlink()
+                os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+            for part, _, _ in self._parts.values():
+                part.unlink(missing_ok=True)
 
 
 def write_text_atomic(text: str, path: Path) -> Path:

@@ -23,6 +23,7 @@ from pipelines.sequences.options import SequenceOptions
 from pipelines.sequences.steps import EmptyPartitionError, behavior_steps, clean, with_sessions
 from pipelines.storage import (
     DatasetPaths,
+    NpzAppender,
     ParquetAppender,
     read_user_range,
     user_shards,
@@ -226,8 +227,6 @@ def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = 
                             rows_per_shard: int = ROWS_PER_SHARD,
                             protocols: tuple[str, ...] = sp.PROTOCOLS) -> dict[str, dict[str, int]]:
     """train/valid/test arrays per materialized split: parquet (Array columns) and .npz."""
-    import numpy as np
-
     from pipelines.sequences import model_ready
 
     opts = SequenceOptions.of(cfg)
@@ -237,11 +236,16 @@ def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = 
     for protocol in protocols:
         if not paths.examples(protocol).is_file():
             continue
-        arrays: dict[str, list[dict[str, np.ndarray]]] = {"train": [], "valid": [], "test": []}
+        # the arrays stream to their .npz files shard by shard (at 100M Taobao events the session
+        # protocol's arrays alone are about 15 GB)
         with (ParquetAppender(paths.model_ready(protocol, "train", "parquet")) as w_train,
               ParquetAppender(paths.model_ready(protocol, "valid", "parquet")) as w_valid,
-              ParquetAppender(paths.model_ready(protocol, "test", "parquet")) as w_test):
+              ParquetAppender(paths.model_ready(protocol, "test", "parquet")) as w_test,
+              NpzAppender(paths.model_ready(protocol, "train")) as a_train,
+              NpzAppender(paths.model_ready(protocol, "valid")) as a_valid,
+              NpzAppender(paths.model_ready(protocol, "test")) as a_test):
             writers = {"train": w_train, "valid": w_valid, "test": w_test}
+            arrays = {"train": a_train, "valid": a_valid, "test": a_test}
             def shard_arrays(bounds: tuple[int, int], protocol: str = protocol) -> list[tuple[str, dict, pl.DataFrame]]:
                 lo, hi = bounds
                 steps = read_user_range(path, lo, hi)
@@ -258,14 +262,7 @@ def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = 
                 for role, a, frame in shard:
                     writers[role].write(frame)
                     arrays[role].append(a)
-        summary[protocol] = {}
-        for role in list(arrays):
-            parts = arrays.pop(role)  # one role's arrays at a time in memory
-            merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
-            del parts
-            write_npz_atomic(merged, paths.model_ready(protocol, role))
-            summary[protocol][role] = int(len(merged.get("user_ids", [])))
-            del merged
+        summary[protocol] = {role: a.rows.get("user_ids", 0) for role, a in arrays.items()}
         log(f"{cfg.name}/{protocol}: model-ready {summary[protocol]}")
     return summary
 
