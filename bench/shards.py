@@ -1,14 +1,15 @@
 """Benchmark: user-hash shards, in one run and side by side.
 
     python bench/shards.py                          # 2M generated Taobao rows
-    python bench/shards.py --rows 1e8               # the figures of the scale-out issue
+    python bench/shards.py --rows 1e8 --per-stage   # the figures of the scale-out issue (100M rows)
 
 Prints, for one Taobao-format file:
 
 1. **In-process vs Celery.** The single-machine chain in one process (ingest, steps, every split,
-   model-ready arrays, statistics: the tables the sharded path also writes) against the sharded
-   path with ``--shards`` shards as Dagster runs on ``--workers`` real ``dagster-celery`` workers
-   (one task at a time each, a fresh process per task) with a real Redis broker. Wall time of each
+   model-ready arrays, statistics: the tables the sharded path also writes; ``--per-stage``: one
+   process per stage, which shows each stage's peak) against the sharded path with ``--shards``
+   shards as Dagster runs on ``--workers`` real ``dagster-celery`` workers (one task at a time
+   each, a fresh process per task) with a real Redis broker. Wall time of each
    (Python's ``time.perf_counter``), peak RSS of the in-process run (``/usr/bin/time -v``) and of
    every shard run (the largest ``ru_maxrss`` of the process that ran it, from the run's metadata),
    and the engine's overhead = sharded wall / in-process wall - 1.
@@ -230,8 +231,8 @@ def main() -> None:
     ap.add_argument("--single-seconds", type=float,
                     help="the single-machine chain's wall time from an earlier run (skips running it again)")
     ap.add_argument("--per-stage", action="store_true",
-                    help="run the single-machine chain one process per stage (at 100M rows one process "
-                         "for the whole chain does not fit in 24 GB)")
+                    help="run the single-machine chain one process per stage and print each stage's "
+                         "wall time and peak memory")
     ap.add_argument("--work", type=Path, default=Path("/tmp/mbrec_bench_shards"))
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
