@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from conftest import ingested
-from pipelines.quality import canonical_events_suite, model_ready_suite, run_suites
+from pipelines.quality import Suite, canonical_events_suite, model_ready_suite, run_suites
 from pipelines.sequences.stage import materialize_model_ready, materialize_split, materialize_steps
 from schemas import columns as c
 
@@ -37,7 +37,7 @@ def test_suites_pass_on_generated_data_and_catch_violations(tmp_path, registry, 
     t.with_columns(pl.lit(0, pl.UInt32).alias(c.USER_ID)).write_parquet(bad)
     # several tables' suites in one context: each keeps its own result, the site has a page per suite
     good_suite, bad_suite = model_ready_suite(cfg, table, 50), model_ready_suite(cfg, bad, 50)
-    bad_suite = bad_suite.__class__("model_ready_bad", bad_suite.frame, bad_suite.expectations)
+    bad_suite = Suite("model_ready_bad", bad_suite.frame, bad_suite.expectations)
     results = run_suites([good_suite, bad_suite], tmp_path / "docs_mr")
     assert results["model_ready_leave_one_out_test"].success
     r = results["model_ready_bad"]
