@@ -28,6 +28,25 @@ def test_test_histories_are_left_padded_and_skip_leaking_steps(registry):
     assert arrays["lengths"][0] == 0 and arrays["items"][0].tolist() == [0, 0, 0, 0]
 
 
+def test_arrays_do_not_depend_on_the_order_of_users_and_skip_users_without_steps(registry):
+    """The binary search for each user's first step (users ascending) and the group-by it falls back
+    to (any user order) give the same arrays; an example whose user has no steps gets an empty history."""
+    cfg = registry.get("taobao")
+    steps = make_steps()
+    ex = splits.leave_one_out(steps, cfg).examples
+    filtered = apply_filter(ex, find_leaks(steps, ex, cfg, "all", 4), "all")
+    ascending = model_ready.build(steps, filtered, max_len=4)
+    users = steps[c.USER_ID].unique(maintain_order=True).to_list()
+    shuffled = pl.concat([steps.filter(pl.col(c.USER_ID) == u) for u in reversed(users)])
+    assert model_ready.first_rows(shuffled, filtered).tolist() != model_ready.first_rows(steps, filtered).tolist()
+    reordered = model_ready.build(shuffled, filtered, max_len=4)
+    assert all(np.array_equal(ascending[k], reordered[k]) for k in ascending)
+    missing = model_ready.build(steps.filter(pl.col(c.USER_ID) != users[-1]), filtered, max_len=4)
+    gone = (filtered[c.USER_ID] == users[-1]).to_numpy()
+    assert gone.any() and (missing["lengths"][gone] == 0).all() and (missing["items"][gone] == 0).all()
+    assert all(np.array_equal(missing[k][~gone], ascending[k][~gone]) for k in ascending)
+
+
 def test_training_examples_use_train_steps_only(registry):
     cfg = registry.get("taobao")
     steps = make_steps()

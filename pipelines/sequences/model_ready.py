@@ -51,24 +51,27 @@ def build(steps: pl.DataFrame, examples: pl.DataFrame, max_len: int, allowed: pl
     ``allowed``: optional (user_id, step) pairs a history may use (train examples use train steps only).
     """
     n = examples.height
-    starts = steps.with_row_index("__row").group_by(c.USER_ID).agg(pl.col("__row").min().alias("__first"))
-    ex = examples.with_row_index("example").join(starts, on=c.USER_ID, how="left").sort("example")
+    first_row = pl.Series("__first", first_rows(steps, examples), dtype=pl.Int64)
+    ex = examples.with_columns(first_row.set(first_row < 0, None))  # null: the user has no steps
     lo = (pl.col("history_end").cast(pl.Int64) - max_len).clip(lower_bound=0)
-    rows = ex.select("example", c.USER_ID, pl.int_ranges(pl.col("__first").cast(pl.Int64) + lo,
-                                                          pl.col("__first").cast(pl.Int64) + pl.col("history_end")).alias("__row"))
+    rows = ex.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("example"), c.USER_ID,
+                     pl.int_ranges(pl.col("__first") + lo, pl.col("__first") + pl.col("history_end")).alias("__row"))
     rows = rows.explode("__row").drop_nulls("__row")
     hist = steps.select("step", c.ITEM_ID, c.BEHAVIORS, c.TIMESTAMP, "session")[rows["__row"].cast(pl.UInt32)]
     win = pl.concat([rows.select("example", c.USER_ID), hist], how="horizontal")
-    dropped = ex.select("example", pl.col("dropped_steps").alias("step")).explode("step").drop_nulls()
+    dropped = ex.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("example"),
+                        pl.col("dropped_steps").alias("step")).explode("step").drop_nulls()
     if dropped.height:
         win = win.join(dropped, on=["example", "step"], how="anti", maintain_order="left")
     if allowed is not None:
         win = win.join(allowed, on=[c.USER_ID, "step"], how="semi", maintain_order="left")
     # rows are grouped by example (contiguous, in step order): positions and gaps with numpy
-    example = win["example"].to_numpy().astype(np.int64)
+    example = win["example"].to_numpy()
     lengths = np.bincount(example, minlength=n)
-    first = np.r_[0, np.cumsum(lengths)[:-1]]
-    col = max_len - lengths[example] + (np.arange(len(example)) - first[example])
+    first = np.cumsum(lengths) - lengths
+    # position in the row = max_len - length + rank within the example (left padding)
+    cell = np.arange(len(example), dtype=np.int64) + np.repeat(
+        np.arange(n, dtype=np.int64) * max_len + max_len - lengths - first, lengths)
     ts = win[c.TIMESTAMP].fill_null(0).to_numpy()
     gap = np.zeros(len(ts), dtype=np.int64)
     if len(ts) > 1:
@@ -78,14 +81,32 @@ def build(steps: pl.DataFrame, examples: pl.DataFrame, max_len: int, allowed: pl
     out: dict[str, np.ndarray] = {}
     for name, source, dtype, shift in (("items", c.ITEM_ID, np.int32, 1), ("behaviors", c.BEHAVIORS, np.int32, 0),
                                        ("time_gaps", "gap", np.int32, 0), ("sessions", "session", np.int32, 1)):
-        arr = np.zeros((n, max_len), dtype=dtype)
-        arr[example, col] = win[source].fill_null(0).to_numpy().astype(dtype) + shift
-        out[name] = arr
+        arr = np.zeros(n * max_len, dtype=dtype)
+        arr[cell] = win[source].fill_null(0).to_numpy().astype(dtype) + shift
+        out[name] = arr.reshape(n, max_len)
     out["lengths"] = lengths.astype(np.int32)
     out["target_items"] = ex[c.ITEM_ID].to_numpy().astype(np.int32) + 1
     out["target_behaviors"] = ex[c.BEHAVIORS].to_numpy().astype(np.int32)
     out["user_ids"] = ex[c.USER_ID].to_numpy().astype(np.int32)
     return out
+
+
+def first_rows(steps: pl.DataFrame, examples: pl.DataFrame) -> np.ndarray:
+    """For each example, the row of its user's first step in ``steps`` (-1 when the user has none).
+
+    ``steps`` holds each user's steps contiguously in step order; when users are also ascending
+    (every steps table is ordered by user), a binary search finds the rows, else a group-by does.
+    """
+    user = steps[c.USER_ID].to_numpy()
+    wanted = examples[c.USER_ID].to_numpy()
+    if len(user) and bool(np.all(user[1:] >= user[:-1])):
+        row = np.searchsorted(user, wanted, side="left")
+        found = row < len(user)
+        found[found] = user[row[found]] == wanted[found]
+        return np.where(found, row, -1).astype(np.int64)
+    starts = steps.with_row_index("__row").group_by(c.USER_ID).agg(pl.col("__row").min().alias("__first"))
+    firsts = examples.select(c.USER_ID).join(starts, on=c.USER_ID, how="left", maintain_order="left")["__first"]
+    return firsts.fill_null(-1).cast(pl.Int64).to_numpy()
 
 
 def to_frame(arrays: dict[str, np.ndarray], role: str) -> pl.DataFrame:
