@@ -169,6 +169,21 @@ def test_overflow_bad_utf8_bom_and_signed_ids_are_rows_not_crashes(tmp_path, reg
     assert summary.reconciles and summary.rows_read == n_good + 5
 
 
+def test_utf8_scan_finds_bad_lines_past_the_ascii_shortcut(tmp_path):
+    """Pure-ASCII files skip decoding; any other byte (first bytes included) gets the line-by-line scan."""
+    from pipelines.ingest.lines import utf8_problems
+
+    f = tmp_path / "events.csv"
+    f.write_bytes(b"1,2,3,pv,4\n" * 50)
+    assert utf8_problems(f, block_bytes=16) == (False, [])
+    f.write_bytes("\u00e9,2\n".encode() + b"1,2\n" * 30 + b"1,\xff\n" + b"1,2\n" * 30 + b"\xfe\n")
+    assert utf8_problems(f, block_bytes=16) == (False, [32, 63])  # 'é' is valid; blocks cut anywhere
+    f.write_bytes(b"1,2\n" * 30 + b"1,\xff\n")
+    assert utf8_problems(f, block_bytes=16) == (False, [31])
+    f.write_bytes(b"\xef\xbb\xbf1,2\n")
+    assert utf8_problems(f) == (True, [])
+
+
 # 6 ---------------------------------------------------------------- run monitoring configured in the instance
 def test_committed_instance_marks_abandoned_runs_failed():
     cfg = yaml.safe_load((ROOT / ".dagster_home" / "dagster.yaml").read_text())

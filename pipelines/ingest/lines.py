@@ -62,14 +62,17 @@ class RawFile:
 def utf8_problems(path: Path, block_bytes: int = 64 << 20) -> tuple[bool, list[int]]:
     """(starts with a UTF-8 BOM, 1-based numbers of lines holding invalid UTF-8), in one pass.
 
-    Blocks end at a newline, so a multi-byte character is never cut; only a block that fails to
-    decode is looked at line by line.
+    A file of ASCII bytes only is valid as it is (one fast pass). Otherwise blocks end at a newline,
+    so a multi-byte character is never cut; only a block that fails to decode is looked at line by line.
     """
+    with path.open("rb") as f:
+        head = f.read(3)
+        bom = head == BOM.encode()
+        if not bom and head.isascii() and all(chunk.isascii() for chunk in iter(lambda: f.read(block_bytes), b"")):
+            return False, []  # pure ASCII (most event logs): valid UTF-8, no need to decode or count lines
     bad: list[int] = []
     line = 1
     with path.open("rb") as f:
-        bom = f.read(3) == BOM.encode()
-        f.seek(0)
         rest = b""
         while True:
             chunk = f.read(block_bytes)
