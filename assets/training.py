@@ -28,7 +28,7 @@ from pipelines.training.stage import (
     model_config_class,
     update_global_leaderboard,
 )
-from pipelines.training.trainer import TrainConfig
+from pipelines.training.configs import TrainConfig
 from schemas.training import EvaluationResults
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)

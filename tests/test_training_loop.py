@@ -247,3 +247,16 @@ def test_checkpoint_round_trip_is_atomic(tmp_path):
     fresh = ItemBias(50)
     fresh.load_state_dict(loaded["state_dict"])
     assert torch.equal(fresh.bias, model.bias)
+
+
+def test_the_code_location_loads_without_importing_torch():
+    """Every process that loads the code location (daemon, webserver, each Celery step, each CLI
+    materialize) would pay about 1.6 s for torch; it is imported where a model is built instead."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import sys, assets.definitions; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3])"
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"the code location imported torch: {out}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
-import torch
 
 from schemas import columns as c
 
@@ -30,6 +29,8 @@ def cooccurrence_pairs(train_steps: pl.LazyFrame | pl.DataFrame, window: int) ->
 
 def svd_embeddings(pairs: pl.DataFrame, n_items: int, dims: int, seed: int) -> np.ndarray:
     """[n_items, dims] float32, rows L2-normalized (zero rows for items without co-occurrence)."""
+    import torch  # here, not at import: the code location loads this module
+
     out = np.zeros((n_items, dims), dtype=np.float32)
     if pairs.height == 0 or n_items < 2:
         return out

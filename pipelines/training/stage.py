@@ -14,11 +14,10 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.layout import evaluation_results_of_every_dataset, global_leaderboard
@@ -29,9 +28,10 @@ from pipelines.sequences.options import SequenceOptions
 from pipelines.sequences.splits import check_protocol, default_protocol
 from pipelines.sequences.stage import ROWS_PER_SHARD
 from pipelines.storage import DatasetPaths, read_user_range, user_shards, write_parquet_atomic, write_text_atomic
-from pipelines.training.evaluate import evaluate
-from pipelines.training.models.base import DatasetInfo, Recommender
-from pipelines.training.trainer import TrainConfig, load_checkpoint, save_checkpoint, train
+from pipelines.training.configs import BehaviorSetConfig, BladeConfig, GenerativeSIDConfig, SASRecConfig, TrainConfig
+
+if TYPE_CHECKING:  # torch is imported where a model is built, trained or scored, not by the code location
+    from pipelines.training.models.base import DatasetInfo, Recommender
 
 KS = (5, 10, 20)
 
@@ -51,7 +51,8 @@ class BuildContext:
 class ModelSpec:
     """One registered model: everything the stage, the assets and the registry validation need.
 
-    ``config``: the model's config dataclass (lazy import; None for count-based baselines);
+    ``config``: the model's config dataclass (``pipelines.training.configs``, torch-free; None for the
+    count-based baselines);
     ``build``: (model params, context) -> model; ``upstream``: assets the training asset depends on
     besides ``model_ready_sequences``; ``defaults``: hyperparameters (model and TrainConfig fields)
     below the registry's and the run config's; ``data_files``: files besides the model-ready arrays
@@ -59,7 +60,7 @@ class ModelSpec:
 
     description: str
     build: Callable[[dict[str, Any], BuildContext], Recommender]
-    config: Callable[[], type | None] = lambda: None
+    config: type | None = None
     upstream: tuple[str, ...] = ()
     defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
     data_files: Callable[[DatasetPaths], list[Path]] = lambda paths: []
@@ -75,13 +76,8 @@ def _recent_history(params: dict[str, Any], ctx: BuildContext) -> Recommender:
     return RecentHistory(ctx.info)
 
 
-def _sasrec_config() -> type:
-    from pipelines.training.models.sasrec import SASRecConfig
-    return SASRecConfig
-
-
 def _sasrec(params: dict[str, Any], ctx: BuildContext) -> Recommender:
-    from pipelines.training.models.sasrec import SASRec, SASRecConfig
+    from pipelines.training.models.sasrec import SASRec
     return SASRec(ctx.info, SASRecConfig(**params))
 
 
@@ -91,13 +87,8 @@ def _training_statistics(ctx: BuildContext) -> tuple[dict[str, Any], list[int]]:
     return stats, [ctx.cfg.behavior_names.index(b) for b in ctx.cfg.auxiliary]
 
 
-def _behavior_set_config() -> type:
-    from pipelines.training.models.behavior_set import BehaviorSetConfig
-    return BehaviorSetConfig
-
-
 def _behavior_set(params: dict[str, Any], ctx: BuildContext) -> Recommender:
-    from pipelines.training.models.behavior_set import BehaviorSetConfig, BehaviorSetModel, default_augment
+    from pipelines.training.models.behavior_set import BehaviorSetModel, default_augment
     mcfg = BehaviorSetConfig(**params)
     augment = None
     if mcfg.contrastive_weight > 0:
@@ -107,13 +98,8 @@ def _behavior_set(params: dict[str, Any], ctx: BuildContext) -> Recommender:
     return BehaviorSetModel(ctx.info, mcfg, augment=augment)
 
 
-def _blade_config() -> type:
-    from pipelines.training.models.blade import BladeConfig
-    return BladeConfig
-
-
 def _blade(params: dict[str, Any], ctx: BuildContext) -> Recommender:
-    from pipelines.training.models.blade import Blade, BladeConfig, make_augment
+    from pipelines.training.models.blade import Blade, make_augment
     mcfg = BladeConfig(**params)
     augment = None
     if mcfg.contrastive_weight > 0:
@@ -123,13 +109,8 @@ def _blade(params: dict[str, Any], ctx: BuildContext) -> Recommender:
     return Blade(ctx.info, mcfg, augment=augment)
 
 
-def _generative_sid_config() -> type:
-    from pipelines.training.models.generative_sid import GenerativeSIDConfig
-    return GenerativeSIDConfig
-
-
 def _generative_sid(params: dict[str, Any], ctx: BuildContext) -> Recommender:
-    from pipelines.training.models.generative_sid import GenerativeSID, GenerativeSIDConfig
+    from pipelines.training.models.generative_sid import GenerativeSID
     codes, sizes = semantic_id_codes(ctx.paths)
     return GenerativeSID(ctx.info, codes, sizes, GenerativeSIDConfig(**params))
 
@@ -144,21 +125,21 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     "recent_history": ModelSpec("The leak-exploiting heuristic: the user's own history, most recent first "
                                 "(no training).", _recent_history),
     "sasrec": ModelSpec("SASRec: causal self-attention over the item sequence, full-softmax next-item loss.",
-                        _sasrec, _sasrec_config, defaults={"epochs": 30, "patience": 5}),
+                        _sasrec, SASRecConfig, defaults={"epochs": 30, "patience": 5}),
     "behavior_set": ModelSpec(
         "Behavior-set model of the EIDP/BLADE family (neither EIDP nor BLADE): personalized set embeddings, "
         "behavior-pair attention bias, target-behavior conditioning, richness-weighted BCE (optional "
-        "contrastive loss).", _behavior_set, _behavior_set_config, upstream=("behavior_statistics",),
+        "contrastive loss).", _behavior_set, BehaviorSetConfig, upstream=("behavior_statistics",),
         defaults={"epochs": 20, "patience": 5, "min_epochs": 8, "batch_size": 32}),
     "generative_sid": ModelSpec(
         "Generative semantic-ID model: decoder-only transformer over SID and behavior tokens, constrained beam "
-        "search over valid SIDs.", _generative_sid, _generative_sid_config, upstream=("semantic_ids",),
+        "search over valid SIDs.", _generative_sid, GenerativeSIDConfig, upstream=("semantic_ids",),
         defaults={"epochs": 20, "patience": 5, "min_epochs": 8, "learning_rate": 3e-3, "batch_size": 64},
         data_files=lambda paths: [paths.semantic_ids()]),
     "blade": ModelSpec(
         "BLADE (AAAI 2026): early fusion + behavior-aware self-attention and behavior-guided mixture of experts, "
         "next-behavior cross-attention; richness-weighted BCE plus contrastive loss over behavior-level "
-        "augmentations (paper defaults: d = 32, 2 blocks, 2 heads, 4 experts).", _blade, _blade_config,
+        "augmentations (paper defaults: d = 32, 2 blocks, 2 heads, 4 experts).", _blade, BladeConfig,
         upstream=("behavior_statistics",),
         # more BCE negatives than the paper's one: with one, the model sits far longer on the plateau of
         # the small generated datasets (paper settings pass negatives = 1 explicitly); a higher learning
@@ -203,7 +184,7 @@ def model_spec(name: str) -> ModelSpec:
 
 def model_config_class(name: str) -> type | None:
     """The config dataclass of a model (None for the count-based baselines)."""
-    return model_spec(name).config()
+    return model_spec(name).config
 
 
 def split_configs(name: str, params: dict[str, Any]) -> tuple[dict[str, Any], TrainConfig]:
@@ -231,6 +212,8 @@ def load_arrays(paths: DatasetPaths, protocol: str, role: str) -> dict[str, np.n
 
 
 def dataset_info(paths: DatasetPaths, cfg: DatasetConfig, max_len: int) -> DatasetInfo:
+    from pipelines.training.models.base import DatasetInfo
+
     count = lambda f: pl.scan_parquet(f).select(pl.len()).collect().item()  # noqa: E731
     return DatasetInfo(n_items=count(paths.item_id_map()), n_users=count(paths.user_id_map()),
                        n_behaviors=len(cfg.behaviors), max_len=max_len)
@@ -261,6 +244,8 @@ def semantic_id_codes(paths: DatasetPaths) -> tuple[np.ndarray, list[int]]:
 
 def build_model(name: str, info: DatasetInfo, model_params: dict[str, Any], paths: DatasetPaths,
                 cfg: DatasetConfig, protocol: str, seed: int) -> Recommender:
+    import torch
+
     spec = model_spec(name)
     torch.manual_seed(seed)  # weights and the behavior-set models' negative samplers
     return spec.build(model_params, BuildContext(info, paths, cfg, protocol, seed))
@@ -273,6 +258,8 @@ def run_dir(paths: DatasetPaths, protocol: str, name: str) -> Path:
 def materialize_training(cfg: DatasetConfig, paths: DatasetPaths, name: str, params: dict[str, Any], *,
                          protocol: str = "leave_one_out", log: Log = print) -> dict[str, Any]:
     """Train one model on one split's model-ready arrays; write its checkpoint and run.json."""
+    from pipelines.training.trainer import save_checkpoint, train
+
     model_params, train_cfg = split_configs(name, params)
     train_arrays, valid_arrays = load_arrays(paths, protocol, "train"), load_arrays(paths, protocol, "valid")
     info = dataset_info(paths, cfg, train_arrays["items"].shape[1])
@@ -314,6 +301,9 @@ def load_trained(paths: DatasetPaths, cfg: DatasetConfig, protocol: str, name: s
                  device: str = "cpu") -> tuple[Recommender, dict[str, Any]]:
     """Load a checkpoint; fails when the data it was trained on changed since (never scores new data
     with an old model: re-materialize ``trained_<name>``)."""
+    from pipelines.training.models.base import DatasetInfo
+    from pipelines.training.trainer import load_checkpoint
+
     ckpt = load_checkpoint(paths.checkpoint(protocol, name))
     now = data_version(paths, protocol, model_spec(name).data_files(paths))
     if ckpt.get("data_version") != now:
@@ -345,6 +335,7 @@ def materialize_evaluation(cfg: DatasetConfig, paths: DatasetPaths, models: list
                            protocol: str = "leave_one_out", mask_history: int = 0, device: str = "auto",
                            log: Log = print) -> pl.DataFrame:
     """Full-ranking test metrics of every trained model, with and without the leakage filter."""
+    from pipelines.training.evaluate import evaluate
     from pipelines.training.models.base import pick_device
 
     dev = pick_device(device)

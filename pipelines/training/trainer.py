@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipelines.training.configs import TrainConfig
 from pipelines.training.batches import iterate, n_examples
 from pipelines.training.evaluate import evaluate
 from pipelines.training.models.base import Recommender, pick_device
@@ -26,32 +27,6 @@ from pipelines.reporting import Log
 
 SELECT_METRIC = "ndcg@10"  # validation metric for best epoch and early stopping
 VALID_KS = (5, 10, 20)
-
-
-@dataclass
-class TrainConfig:
-    """``patience``: epochs in a row without a strictly higher validation NDCG@10 before stopping;
-    ``min_epochs``: early stopping cannot stop a run before this epoch (models that first sit on a
-    popularity plateau, then improve, are not cut off on the plateau).
-    ``max_minutes``: wall-clock budget, checked after each epoch (a run may exceed it by one epoch).
-    ``num_threads``: ``torch.set_num_threads`` when set. ``device``: ``auto`` = CUDA if present."""
-
-    epochs: int = 30
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    patience: int = 3
-    min_epochs: int = 0
-    seed: int = 0
-    device: str = "auto"
-    eval_batch_size: int = 512
-    max_minutes: float | None = None
-    num_threads: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "patience", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass

@@ -24,32 +24,19 @@ Optionally (BLADE), an InfoNCE loss between two behavior-level augmentations of 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipelines.training.configs import BehaviorSetConfig
 from pipelines.augmentation.behavior_ops import auxiliary_flipping, cooccurrence_addition, frequency_masking
 from pipelines.training.models.base import Batch, DatasetInfo, Recommender
 from pipelines.training.models.layers import (TransformerEncoder, candidate_logits, next_in_sequence,
                                               right_aligned_positions)
 
 Augment = Callable[[np.ndarray], np.ndarray]
-
-
-@dataclass
-class BehaviorSetConfig:
-    hidden: int = 64
-    blocks: int = 2
-    heads: int = 2
-    dropout: float = 0.2
-    richness_weight: float = 0.5  # 0: every position weighs the same
-    negatives: int = 100  # uniformly sampled negatives per position for the BCE loss
-    contrastive_weight: float = 0.0  # > 0 (and an ``augment`` given) adds the InfoNCE loss
-    contrastive_temperature: float = 0.2
-    augmentation_ratio: float = 0.2  # for the caller's ``default_augment(..., ratio=...)``; unused here
 
 
 def multi_hot(bitmasks: torch.Tensor, n_behaviors: int) -> torch.Tensor:

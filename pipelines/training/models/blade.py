@@ -43,7 +43,6 @@ Training (section "Prediction and Model Training"):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -51,52 +50,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipelines.augmentation import behavior_ops
+from pipelines.training.configs import AUGMENTATIONS, BladeConfig
 from pipelines.training.models.base import Batch, DatasetInfo, Recommender
 from pipelines.training.models.behavior_set import multi_hot
 from pipelines.training.models.layers import (FeedForward, SelfAttention, TransformerEncoder, attention_mask,
                                               candidate_logits, next_in_sequence, right_aligned_positions)
 
 Augment = Callable[[np.ndarray], np.ndarray]
-AUGMENTATIONS = ("mixed", "cooccurrence", "masking", "flipping")
-
-
-@dataclass
-class BladeConfig:
-    """Every hyperparameter the paper names, with its default. The paper tunes ``blocks`` in {2, 3},
-    ``heads`` in {2, 4, 8}, ``dropout`` in {0.2, .., 0.5} and ``experts`` in {4, 6, 8} at d = 32, L = 50
-    (L is the sequences stage's ``max_len``); it reports lambda ≈ 0.1 as best. ``alpha``, the
-    temperature and rho have no published default: ours are choices (README)."""
-
-    hidden: int = 32  # d
-    blocks: int = 2  # blocks of the early AND of the intermediate stack
-    heads: int = 2
-    dropout: float = 0.2
-    experts: int = 4  # FFN experts in BGMoE
-    alpha: float = 0.5  # Eq. 8: weight of the intermediate (BASA + BGMoE) branch
-    negatives: int = 1  # sampled negatives per position in the BCE loss (paper: one)
-    # the paper draws negatives outside the user's items, which goes with its evaluation that masks the
-    # history from the ranking; our default evaluation ranks history items too, so only a draw equal to
-    # the positive is ignored unless this is set (the paper settings set it with mask_history = 50)
-    exclude_history_negatives: bool = False
-    contrastive_weight: float = 0.1  # lambda (Eq. 19); 0 switches the contrastive loss off
-    # tau (Eq. 18), unpublished: the similarity is a dot product over L·d (1,600 at the paper's sizes), so
-    # logits reach about L·d / tau. At tau = 1 the contrastive term swamped the next-item loss (rule test:
-    # NDCG@10 0.40 against 0.72 at 100); at 100 it still held training back on generated Taobao (validation
-    # NDCG@10 0.062 after 5 epochs, 0.101 at 1000, 0.090 with no contrastive loss; README)
-    contrastive_temperature: float = 1000.0
-    augmentation: str = "mixed"  # mixed | cooccurrence | masking | flipping (one at a time, as the ablation)
-    augmentation_ratio: float = 0.2  # rho: share of a view's steps an operator touches
-
-    def __post_init__(self) -> None:
-        if self.augmentation not in AUGMENTATIONS:
-            raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        if self.hidden % self.heads:
-            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
-        for name in ("blocks", "heads", "experts", "negatives"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"BladeConfig.{name} must be >= 1, got {getattr(self, name)}")
 
 
 def richness_weights(next_sets: torch.Tensor, n_behaviors: int) -> torch.Tensor:

@@ -15,22 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipelines.training.configs import GenerativeSIDConfig
 from pipelines.training.models.base import Batch, DatasetInfo, Recommender
 from pipelines.training.models.layers import FeedForward
 from pipelines.semantic_ids.tokens import token
 
 PAD, BOS = 0, 1
-
-
-@dataclass
-class GenerativeSIDConfig:
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 2
-    dropout: float = 0.1
-    history_steps: int = 20  # history steps (each 1 + D tokens) kept from the end of the window
-    beam_size: int = 20  # beam width of ``rank``; widened to k when k is larger
-    target_weight: float = 1.0  # loss weight of the target's D codes relative to a history code
 
 
 class SIDVocabulary:

@@ -16,12 +16,11 @@ n uniformly drawn items shared by the batch (a draw equal to the positive is mas
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipelines.training.configs import SASRecConfig
 from pipelines.training.models.base import Batch, DatasetInfo, Recommender
 from pipelines.training.models.layers import (
     TransformerEncoder,
@@ -29,16 +28,6 @@ from pipelines.training.models.layers import (
     next_in_sequence,
     right_aligned_positions,
 )
-
-
-@dataclass
-class SASRecConfig:
-    hidden: int = 64
-    blocks: int = 2
-    heads: int = 1
-    dropout: float = 0.2
-    negatives: int = 0  # 0: full softmax over all items; n > 0: sampled softmax over n shared uniform negatives
-    softmax_chunk: int = 32  # full softmax in chunks of this many positions (fused); 0: plain F.cross_entropy
 
 
 def next_item_labels(items: torch.Tensor, target_items: torch.Tensor) -> torch.Tensor:
