@@ -236,7 +236,9 @@ def rule_dataset(n_users: int = 320, seed: int = 0) -> dict[str, dict[str, np.nd
 @pytest.fixture(scope="module")
 def rule_scores():
     """Test NDCG@10 of popularity, SASRec and BLADE (paper defaults, contrastive loss on) per seed,
-    trained by the project's training loop on the rule dataset."""
+    trained by the project's training loop on the rule dataset. Eight epochs each: blade 0.644 / 0.733
+    against SASRec 0.558 / 0.588 and popularity 0.104 / 0.127 (seeds 0 / 1; at ten epochs blade had
+    0.698 / 0.778 and SASRec the same)."""
     from pipelines.training.evaluate import evaluate
     from pipelines.training.models.popularity import Popularity
     from pipelines.training.models.sasrec import SASRec, SASRecConfig
@@ -247,7 +249,7 @@ def rule_scores():
     scores: dict[tuple[str, int], float] = {}
     for seed in SEEDS:
         data = rule_dataset(seed=seed)
-        train_cfg = TrainConfig(epochs=10, batch_size=64, learning_rate=3e-3, patience=10, seed=seed, device="cpu")
+        train_cfg = TrainConfig(epochs=8, batch_size=64, learning_rate=3e-3, patience=8, seed=seed, device="cpu")
         torch.manual_seed(seed)
         models = {"popularity": Popularity(info), "sasrec": SASRec(info, SASRecConfig(hidden=32)),
                   "blade": Blade(info, BladeConfig(negatives=20),
