@@ -51,7 +51,7 @@ from pipelines.registry import DatasetConfig
 from pipelines.reporting import Log
 from pipelines.sequences import splits as sp
 from pipelines.sequences.steps import EmptyPartitionError
-from pipelines.storage import ParquetAppender, VersionedOutputs, write_npz_atomic, write_text_atomic
+from pipelines.storage import ParquetAppender, VersionedOutputs, write_frame, write_npz_atomic, write_text_atomic
 from schemas import columns as c
 from schemas.columns import EVENT_COLUMNS
 
@@ -216,9 +216,9 @@ def merge_dense_ids(cfg: DatasetConfig, raw_dir: Path, paths: DatasetLayout, log
     files = core.resolve_files(cfg, raw_dir, log)
     side = core._side_info(cfg, files, items.select(c.RAW_ITEM_ID, *m.extras) if m.extras else None, item_map)
     with VersionedOutputs(paths.shard_ids_dir()) as staged:
-        user_map.write_parquet(staged.path(INGEST_FILES["user_id_map"]))
-        item_map.write_parquet(staged.path(INGEST_FILES["item_id_map"]))
-        side.write_parquet(staged.path(INGEST_FILES["item_side_info"]))
+        write_frame(user_map, staged.path(INGEST_FILES["user_id_map"]))
+        write_frame(item_map, staged.path(INGEST_FILES["item_id_map"]))
+        write_frame(side, staged.path(INGEST_FILES["item_side_info"]))
         staged.path("ids.json").write_text(json.dumps({"map_version": m.map_version, "users": user_map.height,
                                                        "items": item_map.height}) + "\n")
         staged.publish()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+import polars as pl
+
 from conftest import run_ingest, with_options, write
 from pipelines.ingest.core import ingest_dataset
 from pipelines.ingest.errors import IngestError
@@ -26,6 +28,11 @@ def quarantine_of(registry, tmp_path, body: str, dataset="taobao", name="UserBeh
         ("1,10,7,pv,1511600000,9", "wrong column count: expected 5, got 6"),
         ("x1,10,7,pv,1511600000", "unparsable user_id 'x1'"),
         ("1,10.5,7,pv,1511600000", "unparsable item_id '10.5'"),
+        ("+1,10,7,pv,1511600000", "unparsable user_id '+1'"),
+        ("1,-0,7,pv,1511600000", "unparsable item_id '-0'"),
+        ("1,-10,7,pv,1511600000", "unparsable item_id '-10'"),
+        ("1,1 0,7,pv,1511600000", "unparsable item_id '1 0'"),
+        ("99999999999999999999,10,7,pv,1511600000", "unparsable user_id '99999999999999999999'"),
         (",10,7,pv,1511600000", "null user_id"),
         ("1,,7,pv,1511600000", "null item_id"),
         ("1,10,7,click,1511600000", "unknown behavior 'click' (vocabulary: pv, fav, cart, buy)"),
@@ -121,3 +128,32 @@ def test_a_crash_mid_run_leaves_previous_outputs(registry, tmp_path, monkeypatch
     with pytest.raises(RuntimeError, match="disk full"):
         ingest_dataset(cfg, tmp_path / "raw", out, log=lambda _: None)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_the_id_check_without_a_regular_expression_matches_plain_digits():
+    """``unparsable`` ids are tested as "no integer, or a leading sign" (cheaper per row than the
+    pattern ^[0-9]+$ within Int64); the two definitions agree on every odd spelling of a number."""
+    from pipelines.ingest.lines import signed
+
+    texts = ["12", "007", "0", "+7", "-3", "-0", "+", "-", "+-1", "--1", "1-", "1+1", " 5", "5 ", "1 2", "1_000",
+             "1e3", "0x1F", "0b1", "1.0", "1,2", "", "\t12", "12\t", "\u0661\u0662", "\uff11\uff12",
+             "9223372036854775807", "9223372036854775808", "-9223372036854775808", "٣"]
+    frame = pl.DataFrame({"f": texts})
+    got = frame.select(pl.col("f").str.to_integer(strict=False).is_null() | signed(pl.col("f"))).to_series()
+    want = frame.select(pl.col("f").str.to_integer(strict=False).is_null()
+                        | ~pl.col("f").str.contains(r"^[0-9]+$")).to_series()
+    assert got.to_list() == want.to_list()
+
+
+def test_exact_duplicates_keep_the_first_row_in_frame_order():
+    from pipelines.ingest.core import _drop_exact_duplicates
+
+    keys = [c.USER_ID, c.ITEM_ID, c.BEHAVIORS, c.TIMESTAMP]
+    rows = [(1, 5, 1, 100), (1, 5, 1, 100), (2, 5, 1, 100), (1, 5, 2, 100), (1, 5, 1, 100), (1, 6, 1, 100),
+            (2, 5, 1, 100), (1, 5, 1, 101)]
+    frame = pl.DataFrame(rows, schema=keys, orient="row").with_row_index("line")
+    kept = _drop_exact_duplicates(frame)
+    assert kept["line"].to_list() == [0, 2, 3, 5, 7]
+    assert kept.equals(frame.unique(subset=keys, keep="first", maintain_order=True))
+    unique = frame.filter(pl.col("line").is_in([0, 2, 3]))
+    assert _drop_exact_duplicates(unique) is unique  # nothing repeated: the frame as it is

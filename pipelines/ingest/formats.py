@@ -43,7 +43,8 @@ def label_behaviors(cfg: DatasetConfig, field: str) -> tuple[pl.Expr, Check]:
     index = fld(field).cast(pl.Enum(codes), strict=False).to_physical()
     expr = pl.lit(2, pl.UInt16).pow(index).cast(pl.UInt16)
     vocab = ", ".join(codes)
-    return expr, Check("unknown behavior", index.is_null(),
+    # the condition reads the parsed column (null exactly where the index is): no second lookup
+    return expr, Check("unknown behavior", pl.col(c.BEHAVIORS).is_null(),
                        pl.format(f"unknown behavior '{{}}' (vocabulary: {vocab})", fld(field)))
 
 
@@ -84,7 +85,7 @@ def parse_taobao(cfg: DatasetConfig, files: Files) -> ParsedSource:
         check_nonempty(raw.path)
         lf = scan_fields(raw, {f: i for i, f in enumerate(fields)}, has_header=False)
         behaviors, behavior_check = label_behaviors(cfg, "behavior_type")
-        checks = [*structural_checks(["user_id", "item_id"], len(fields)), behavior_check,
+        checks = [*structural_checks("user_id", "item_id", len(fields)), behavior_check,
                   *time_checks("timestamp", cfg.time)]
         out.append(parsed_events(lf, user="user_id", item="item_id", behaviors=behaviors, time_field="timestamp",
                                  spec=cfg.time, checks=checks, raw_fields=fields,
@@ -99,7 +100,7 @@ def parse_tmall(cfg: DatasetConfig, files: Files) -> ParsedSource:
     for raw in files["events"]:
         lf, _, n = _headered(raw, required)
         behaviors, behavior_check = label_behaviors(cfg, "action_type")
-        checks = [*structural_checks(["user_id", "item_id"], n), behavior_check, *time_checks("time_stamp", cfg.time)]
+        checks = [*structural_checks("user_id", "item_id", n), behavior_check, *time_checks("time_stamp", cfg.time)]
         extra = {c.CATEGORY_ID: _blank_to_null("cat_id"), c.SELLER_ID: _blank_to_null("seller_id"),
                  c.BRAND_ID: _blank_to_null("brand_id")}
         out.append(parsed_events(lf, user="user_id", item="item_id", behaviors=behaviors, time_field="time_stamp",
@@ -114,7 +115,7 @@ def parse_retailrocket(cfg: DatasetConfig, files: Files) -> ParsedSource:
     for raw in files["events"]:
         lf, _, n = _headered(raw, required)
         behaviors, behavior_check = label_behaviors(cfg, "event")
-        checks = [*structural_checks(["visitorid", "itemid"], n), behavior_check, *time_checks("timestamp", cfg.time)]
+        checks = [*structural_checks("visitorid", "itemid", n), behavior_check, *time_checks("timestamp", cfg.time)]
         out.append(parsed_events(lf, user="visitorid", item="itemid", behaviors=behaviors, time_field="timestamp",
                                  spec=cfg.time, checks=checks, raw_fields=required))
     return _concat(out)
@@ -129,7 +130,7 @@ def _flag_format(cfg: DatasetConfig, files: Files, time_field: str | None, extra
         present_extra = [e for e in extra_cols if e in header]
         positions = header_positions(raw.path, header, [*required, *present_extra])
         lf = scan_fields(raw, positions, has_header=True)
-        checks = [*structural_checks(["user_id", "item_id"], len(header)), *flag_checks(flags),
+        checks = [*structural_checks("user_id", "item_id", len(header)), *flag_checks(flags),
                   *time_checks(time_field, cfg.time)]
         extra = {}
         if "video_category" in present_extra:
@@ -171,7 +172,7 @@ def parse_behavior_set_splits(cfg: DatasetConfig, files: Files) -> ParsedSource:
         for raw in files[role]:
             check_nonempty(raw.path)
             lf = scan_fields(raw, {"user": 0, "item": 1, **positions}, has_header=False)
-            checks = [*structural_checks(["user", "item"], n), *flag_checks(flags)]
+            checks = [*structural_checks("user", "item", n), *flag_checks(flags)]
             out.append(parsed_events(lf, user="user", item="item", behaviors=flag_behaviors(flags), time_field=None,
                                      spec=cfg.time, checks=checks, raw_fields=["user", "item", *flags]))
     return _concat(out)

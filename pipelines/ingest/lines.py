@@ -187,8 +187,12 @@ class Check:
     message: pl.Expr
 
 
-def structural_checks(id_fields: Sequence[str], n_columns: int) -> list[Check]:
-    """Checks every format shares, in priority order: blank line, column count, null/unparsable ids."""
+def structural_checks(user: str, item: str, n_columns: int) -> list[Check]:
+    """Checks every format shares, in priority order: blank line, column count, null/unparsable ids.
+
+    ``user`` and ``item`` name the raw id fields. The conditions read the parsed id columns
+    (``parsed_events`` adds them) instead of parsing the fields again.
+    """
     checks = [
         Check("empty line", pl.col(TEXT).str.strip_chars() == "", pl.lit("empty line")),
         Check(
@@ -197,12 +201,20 @@ def structural_checks(id_fields: Sequence[str], n_columns: int) -> list[Check]:
             pl.format(f"wrong column count: expected {n_columns}, got {{}}", pl.col(N_FIELDS)),
         ),
     ]
-    checks += [Check(f"null {f}", fld(f).is_null() | (fld(f) == ""), pl.lit(f"null {f}")) for f in id_fields]
-    checks += [  # ids are plain digits: a sign ('+7', '-3') or spaces inside are not an id
-        Check(f"unparsable {f}", parse_int(f).is_null() | ~fld(f).str.contains(r"^[0-9]+$"),
-              pl.format(f"unparsable {f} '{{}}'", fld(f))) for f in id_fields
+    ids = {user: c.RAW_USER_ID, item: c.RAW_ITEM_ID}
+    checks += [Check(f"null {f}", fld(f).is_null() | (fld(f) == ""), pl.lit(f"null {f}")) for f in ids]
+    checks += [  # ids are plain digits (^[0-9]+$, within Int64): a sign ('+7', '-3', '-0') or spaces inside are not
+        # an id. The integer parse accepts exactly an optional sign and digits, so a parsed value without a
+        # leading sign is plain digits (tests/test_ingest_bad_input.py compares the two definitions)
+        Check(f"unparsable {f}", pl.col(parsed).is_null() | signed(fld(f)),
+              pl.format(f"unparsable {f} '{{}}'", fld(f))) for f, parsed in ids.items()
     ]
     return checks
+
+
+def signed(field: pl.Expr) -> pl.Expr:
+    """Whether a raw field starts with a sign (cheaper than a regular expression per row)."""
+    return field.str.starts_with("+") | field.str.starts_with("-")
 
 
 def utf8_check(raw_files: Sequence[RawFile]) -> Check:
@@ -261,10 +273,10 @@ def parse_timestamp_ms(field: str | None, spec: TimeSpec) -> pl.Expr:
 
 
 def time_checks(field: str | None, spec: TimeSpec) -> list[Check]:
-    """Null, unparsable and out-of-window timestamps."""
+    """Null, unparsable and out-of-window timestamps (read from the parsed timestamp column)."""
     if spec.unit == "none" or field is None:
         return []
-    ts = parse_timestamp_ms(field, spec)
+    ts = pl.col(c.TIMESTAMP)  # parse_timestamp_ms(field, spec), added by parsed_events
     lo = local_midnight_ms(spec.valid_from or SANE_FROM, spec.utc_offset_hours)
     hi = local_midnight_ms(spec.valid_to or SANE_TO, spec.utc_offset_hours)
     window = f"[{spec.valid_from or SANE_FROM}, {spec.valid_to or SANE_TO})"

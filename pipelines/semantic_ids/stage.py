@@ -25,7 +25,8 @@ from pipelines.semantic_ids.embeddings import embed_with_cache
 from pipelines.semantic_ids.item_text import item_texts, order_variants
 from pipelines.semantic_ids.options import SemanticIdOptions
 from pipelines.semantic_ids.tokens import level_name, token
-from pipelines.storage import DatasetPaths, StagedOutputs, write_npz_atomic, write_parquet_atomic, write_text_atomic
+from pipelines.storage import (DatasetPaths, StagedOutputs, write_frame, write_npz_atomic, write_parquet_atomic,
+                               write_text_atomic)
 from schemas import columns as c
 
 def stage_dir(paths: DatasetPaths) -> Path:
@@ -187,7 +188,7 @@ def materialize_semantic_ids(cfg: DatasetConfig, paths: DatasetPaths, log: Log =
     report = {"dataset": cfg.name, **build, "quality": metrics}
     files = SEMANTIC_ID_FILES
     with StagedOutputs(paths.semantic_ids_dir()) as staged:  # the files are data: no timings in them
-        table.write_parquet(staged.path(files["semantic_ids"]))
+        write_frame(table, staged.path(files["semantic_ids"]))
         write_npz_atomic(cb.to_npz(), staged.path(files["codebooks"]))
         staged.path(files["build"]).write_text(json.dumps(build, indent=2, default=str))
         staged.path(files["quality"]).write_text(json.dumps(report, indent=2, default=str))
