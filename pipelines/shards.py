@@ -272,9 +272,7 @@ def shard_sequences(cfg: DatasetConfig, paths: DatasetLayout, k: int, log: Log =
                   .join(pl.scan_parquet(ids / INGEST_FILES["item_id_map"]), on=c.RAW_ITEM_ID, how="left",
                         maintain_order="left")
                   .select(*EVENT_COLUMNS).collect())
-            if cfg.ingest.drop_exact_duplicates and cfg.time.unit != "none":
-                df = core._drop_exact_duplicates(df)
-            df = df.sort(c.USER_ID, maintain_order=True)
+            df = core.in_user_order(df, dedup=cfg.ingest.drop_exact_duplicates and cfg.time.unit != "none")
             out.write(df)
             rows_kept, exposures = df.height, int((df[c.BEHAVIORS] == 0).sum())
             del df

@@ -281,6 +281,13 @@ def current_version(out_dir: Path) -> str | None:
     return os.readlink(out_dir).rsplit(".v-", 1)[-1] if out_dir.is_symlink() else None
 
 
+# Columns whose row-group statistics (min/max) the appended tables keep: every such table is ordered
+# by user and read in user ranges (``read_user_range`` skips row groups by them), and time filters
+# may use the timestamps. Statistics on the other columns (ids, event order, the model-ready arrays'
+# values) were a quarter of the write time of a 5M-row events shard and no reader used them.
+STATISTICS_COLUMNS = ("user_id", "timestamp")
+
+
 class ParquetAppender:
     """Append frames to one parquet file as row groups; the file appears (atomically) on close.
 
@@ -316,7 +323,9 @@ class ParquetAppender:
             # dictionary pages only for text columns: on the integer columns (ids, steps, times, the
             # model-ready arrays) they cost 1.7-2x the write time and gave no smaller files
             text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
-            self._writer = pq.ParquetWriter(self.tmp, schema, compression="zstd", use_dictionary=text or False)
+            stats = [f.name for f in schema if f.name in STATISTICS_COLUMNS]
+            self._writer = pq.ParquetWriter(self.tmp, schema, compression="zstd", use_dictionary=text or False,
+                                            write_statistics=stats or False)
         self._writer.write_table(table.cast(self._writer.schema), row_group_size=self.row_group_size)
         self.rows += frame.height
 

@@ -447,16 +447,25 @@ def _write_events(
     kept = exposures = 0
     with ParquetAppender(staged.path(EVENTS_FILE), metadata) as out:
         for i, shard in enumerate(shards):
-            df = shard.collect()
-            if dedup:
-                df = _drop_exact_duplicates(df)
-            df = df.sort(c.USER_ID, maintain_order=True)  # stable: file order within each user
+            df = in_user_order(shard.collect(), dedup=dedup)
             out.write(df)
             kept += df.height
             exposures += int((df[c.BEHAVIORS] == 0).sum())
             if n_shards > 1:
                 log(f"events shard {i + 1}/{len(shards)}: {df.height:,} rows")
     return kept, exposures
+
+
+def in_user_order(df: pl.DataFrame, *, dedup: bool) -> pl.DataFrame:
+    """Events of whole users, in file order, stably sorted by user (file order within a user), with
+    exact duplicates dropped when ``dedup`` (the first in file order kept).
+
+    The joins to the id maps keep the input order on purpose: they cost 1.2 s more per 20M rows
+    that way, but sorting unordered rows by (user, event_order) cost 0.7 s more per 5M-row shard.
+    """
+    if dedup:
+        df = _drop_exact_duplicates(df)
+    return df.sort(c.USER_ID, maintain_order=True)
 
 
 def _drop_exact_duplicates(df: pl.DataFrame) -> pl.DataFrame:
