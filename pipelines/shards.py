@@ -182,9 +182,8 @@ def shard_raw_ids(cfg: DatasetConfig, paths: DatasetLayout, k: int, log: Log = p
         if bucket is None:
             frame = pl.DataFrame(schema={raw: pl.String, core.FIRST_FILE: pl.Int64})
         else:
-            first = core._first_seen(bucket, raw, by_file)
-            if kind == "items" and m.extras:  # each item's smallest attribute seen on this shard's events
-                first = first.join(bucket.group_by(raw).agg(pl.col(m.extras).min()), on=raw, how="left")
+            # items also take their smallest attribute values seen on this shard's events
+            first = core._first_seen(bucket, raw, by_file, m.extras if kind == "items" else ())
             frame = first.sort(raw).collect()
         from pipelines.storage import write_parquet_atomic
 
