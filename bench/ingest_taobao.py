@@ -68,7 +68,8 @@ def run_pipeline(raw_dir: str, out_dir: str) -> None:
     from pipelines.ingest.core import ingest_dataset
     from pipelines.registry import load_registry
 
-    s = ingest_dataset(load_registry().get("taobao"), Path(raw_dir), Path(out_dir), log=lambda m: None)
+    # full: a previous run's output in out_dir must not turn this into an incremental no-op
+    s = ingest_dataset(load_registry().get("taobao"), Path(raw_dir), Path(out_dir), log=lambda m: None, full=True)
     print(f"pipeline: {s.rows_read:,} read = {s.rows_kept:,} kept + {s.rows_quarantined:,} quarantined + "
           f"{s.duplicates_dropped:,} duplicates; {s.users:,} users, {s.items:,} items")
 

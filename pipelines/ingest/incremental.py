@@ -31,7 +31,7 @@ from pipelines.layout import INGEST_FILES
 from pipelines.registry import DatasetConfig
 
 # Bump when a code change alters what ingest writes for the same raw files: it forces a full rebuild.
-INGEST_CODE_VERSION = 2
+INGEST_CODE_VERSION = 3  # 3: parquet statistics for user_id and timestamp only
 # Formats whose files are not daily drops of one log (the release's train/valid/between/test): any
 # run over them is a full rebuild, and their ids stay in plain raw-id order.
 NOT_APPEND_ONLY = frozenset({"behavior_set_splits"})
