@@ -92,7 +92,10 @@ class TrainConfig:
     ``min_epochs``: early stopping cannot stop a run before this epoch (models that first sit on a
     popularity plateau, then improve, are not cut off on the plateau).
     ``max_minutes``: wall-clock budget, checked after each epoch (a run may exceed it by one epoch).
-    ``num_threads``: ``torch.set_num_threads`` when set. ``device``: ``auto`` = CUDA if present."""
+    ``num_threads``: ``torch.set_num_threads`` when set. ``device``: ``auto`` = CUDA if present.
+    ``length_pools``: training batches are drawn from pools of this many batches sorted by history
+    length, so a batch's rows have similar lengths and its padding columns are skipped
+    (``batches.batch_rows``); 0: plain shuffled batches."""
 
     epochs: int = 30
     batch_size: int = 128
@@ -102,11 +105,14 @@ class TrainConfig:
     min_epochs: int = 0
     seed: int = 0
     device: str = "auto"
-    eval_batch_size: int = 512
+    eval_batch_size: int = 128  # validation batches (rows in length order, each trimmed: smaller batches trim more)
     max_minutes: float | None = None
     num_threads: int | None = None
+    length_pools: int = 0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.length_pools < 0:
+            raise ValueError(f"TrainConfig.length_pools must be >= 0, got {self.length_pools}")

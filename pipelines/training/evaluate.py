@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipelines.training.batches import iterate
+from pipelines.training.batches import batch_rows, n_examples, to_batch
 from pipelines.training.metrics import pessimistic_ranks, ranks_from_lists, summarize
 from pipelines.training.models.base import Batch, Recommender
 
@@ -35,13 +35,15 @@ class EvaluationResult:
 
 
 def evaluate(model: Recommender, arrays: dict[str, np.ndarray], behavior_names: list[str], *,
-             batch_size: int = 512, mask_history: int = 0, ks: Sequence[int] = (5, 10, 20),
+             batch_size: int = 128, mask_history: int = 0, ks: Sequence[int] = (5, 10, 20),
              beam_k: int | None = None) -> EvaluationResult:
     """Rank every example's target with ``model`` (in eval mode, without gradients) and summarize.
 
     Full-ranking models: ``pessimistic_ranks(model.score(batch), target)``. Others:
     ``ranks_from_lists(model.rank(batch, beam_k or max(ks)), target)``; masked items leave holes in
     that list, so with ``mask_history`` pass a ``beam_k`` large enough to keep ``max(ks)`` items.
+    Rows are scored in batches of similar history length, each trimmed to its longest history
+    (``batches.to_batch``); ranks come back in row order, equal to those of padded batches.
     """
     if mask_history < 0:
         raise ValueError(f"mask_history must be >= 0, got {mask_history}")
@@ -49,11 +51,15 @@ def evaluate(model: Recommender, arrays: dict[str, np.ndarray], behavior_names: 
     if not model.full_ranking and list_k < max(ks):
         raise ValueError(f"beam_k = {beam_k} < max(ks) = {max(ks)}: HR/NDCG@{max(ks)} would be understated")
     model.eval()
-    parts: list[torch.Tensor] = []
+    ranks = np.zeros(n_examples(arrays), dtype=np.int64)
+    # rows in length order, each batch trimmed to its longest history (models read positions from the
+    # right and mask padding: the same scores without the padding's work); ranks go back to row order
+    by_length = batch_rows(len(ranks), batch_size, shuffle=False, seed=0, lengths=arrays["lengths"],
+                           length_pools=max(1, -(-len(ranks) // batch_size)))
     with torch.no_grad():
-        for batch in iterate(arrays, batch_size, shuffle=False, seed=0, device=model.device):
-            parts.append(_batch_ranks(model, batch, mask_history, list_k).cpu())
-    ranks = torch.cat(parts).numpy() if parts else np.zeros(0, dtype=np.int64)
+        for rows in by_length:
+            batch = to_batch(arrays, rows, model.device, trim=True)
+            ranks[rows] = _batch_ranks(model, batch, mask_history, list_k).cpu().numpy()
     target_behaviors = np.asarray(arrays["target_behaviors"], dtype=np.int64)
     return EvaluationResult(ranks=ranks, target_behaviors=target_behaviors, metrics=summarize(ranks, ks),
                             per_behavior=per_behavior(ranks, target_behaviors, behavior_names, ks),

@@ -84,6 +84,7 @@ class PromptCache:
 
     keys_values: list[KeysValues]
     real: torch.Tensor  # [N, P] bool
+    first_position: int = 0  # position of the prompt's first token (> 0 when leading padding was cut)
 
 
 class SelfAttention(nn.Module):
@@ -209,13 +210,13 @@ class GenerativeSID(Recommender):
 
     # ----- transformer -----
 
-    def transformer(self, tokens: torch.Tensor, past: PromptCache | None = None, branches: int = 1
-                    ) -> tuple[torch.Tensor, PromptCache]:
+    def transformer(self, tokens: torch.Tensor, past: PromptCache | None = None, branches: int = 1,
+                    first_position: int = 0) -> tuple[torch.Tensor, PromptCache]:
         """tokens [N, branches * T]: ``branches`` independent continuations of T tokens side by side,
-        each at positions 0..T-1, or right after the cached prompt ``past`` (which all of them see)
-        -> (final hidden states [N, branches * T, hidden], the tokens' own cache)."""
+        each at positions ``first_position``.., or right after the cached prompt ``past`` (which all of
+        them see) -> (final hidden states [N, branches * T, hidden], the tokens' own cache)."""
         N, T = tokens.shape[0], tokens.shape[1] // branches
-        start = 0 if past is None else past.real.shape[1]
+        start = first_position if past is None else past.first_position + past.real.shape[1]
         index = torch.arange(branches * T, device=tokens.device)
         branch, step = index // T, index % T
         positions = start + step
@@ -223,27 +224,27 @@ class GenerativeSID(Recommender):
         # a query never attends to padding keys, but always to itself (padding rows stay finite)
         mask = causal & ((tokens != PAD)[:, None, :] | torch.eye(len(index), dtype=torch.bool, device=tokens.device))
         if past is not None:
-            mask = torch.cat([past.real[:, None, :].expand(N, len(index), start), mask], dim=2)
+            mask = torch.cat([past.real[:, None, :].expand(N, len(index), past.real.shape[1]), mask], dim=2)
         x = self.dropout(self.token_emb(tokens) + self.pos_emb(positions))
         keys_values = []
         for layer, block in enumerate(self.blocks):
             x, layer_keys_values = block(x, mask, None if past is None else past.keys_values[layer])
             keys_values.append(layer_keys_values)
-        return self.ln_f(x), PromptCache(keys_values, tokens != PAD)
+        return self.ln_f(x), PromptCache(keys_values, tokens != PAD, start)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [N, T] (T <= block_size, laid out as a full sequence's first T) -> [N, T, vocab]
-        logits of the token after each position."""
-        return self.lm_head(self.transformer(tokens)[0])
+    def forward(self, tokens: torch.Tensor, first_position: int = 0) -> torch.Tensor:
+        """tokens [N, T] (laid out as a full sequence's columns ``first_position`` to
+        ``first_position + T - 1``) -> [N, T, vocab] logits of the token after each position."""
+        return self.lm_head(self.transformer(tokens, first_position=first_position)[0])
 
     # ----- training -----
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        tokens = self.sequence(batch)
+        tokens, first = cut_leading_padding(self.sequence(batch))
         inputs, labels = tokens[:, :-1], tokens[:, 1:]
         weight = (labels >= self.vocab.code_offsets[0]).float()
         weight[:, -self.levels:] *= self.cfg.target_weight
-        logits = self(inputs)
+        logits = self(inputs, first)
         ce = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="none").view_as(weight)
         return (ce * weight).sum() / weight.sum()
 
@@ -256,9 +257,9 @@ class GenerativeSID(Recommender):
     def beam_search(self, batch: Batch, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Constrained beam search -> (item ids [B, width], log-probabilities [B, width]), best first;
         item -1 and log-probability -inf where fewer than ``width`` items were reached."""
-        prompt = self.prompt(batch)
+        prompt, first = cut_leading_padding(self.prompt(batch))
         B = len(prompt)
-        hidden, cache = self.transformer(prompt)  # the prompt runs once per row, not once per beam
+        hidden, cache = self.transformer(prompt, first_position=first)  # once per row, not once per beam
         logits = self.lm_head(hidden[:, -1:])  # [B, n_beams, vocab]; one beam (the prompt) to start
         beams = prompt.new_zeros(B, 1, 0)  # [B, n_beams, level] code tokens chosen so far
         log_prob = torch.zeros(B, 1, device=prompt.device)
@@ -299,6 +300,17 @@ def check_codes(codes: np.ndarray, codebook_sizes: list[int], n_items: int) -> N
         item, level = np.argwhere(bad)[0]
         raise ValueError(f"item {item} has code {codes[item, level]} at level {level}, outside "
                          f"[0, {codebook_sizes[level]}) ({int(bad.sum())} bad codes in all)")
+
+
+def cut_leading_padding(tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Drop the leading columns that are ``<pad>`` in every row -> (the rest, how many were dropped).
+
+    Real tokens never attend to padding keys and padding labels carry no loss, so with positions
+    starting at the number dropped the model computes the same for every real token, without the
+    work on rows' shared padding (a batch whose histories are all shorter than ``history_steps``)."""
+    real_columns = (tokens != PAD).any(dim=0)
+    first = int(real_columns.int().argmax()) if bool(real_columns.any()) else tokens.shape[1] - 1
+    return tokens[:, first:], first
 
 
 def last_columns(x: torch.Tensor, n: int) -> torch.Tensor:
