@@ -244,6 +244,24 @@ def test_cutting_the_padding_all_rows_share_changes_neither_loss_nor_beams(monke
     assert torch.allclose(log_probs, full_log_probs, atol=1e-5)
 
 
+def test_loss_is_the_weighted_mean_of_code_token_cross_entropies_over_the_whole_vocabulary():
+    """The loss scores only positions whose label is a code; it equals the weighted mean of the
+    full-vocabulary cross-entropy at every position (zero weight on behavior tokens and padding)."""
+    rng = np.random.default_rng(5)
+    codes, sizes = unique_codes(rng, 30, [4, 4])
+    batch = random_batch(rng, 10, 30, 6, 2)
+    model = make_model(codes, sizes, history_steps=4, target_weight=2.0).eval()
+    tokens = model.sequence(batch)
+    inputs, labels = tokens[:, :-1], tokens[:, 1:]
+    weight = (labels >= model.vocab.code_offsets[0]).float()
+    weight[:, -model.levels:] *= 2.0
+    with torch.no_grad():
+        ce = F.cross_entropy(model(inputs).flatten(0, 1), labels.flatten(), reduction="none").view_as(weight)
+        expected = (ce * weight).sum() / weight.sum()
+        assert (weight == 0).any() and (weight == 2.0).any()
+        assert torch.allclose(model.loss(batch), expected, rtol=1e-6)
+
+
 def test_score_points_to_rank():
     model = make_model(SMALL_CODES, SMALL_SIZES)
     with pytest.raises(NotImplementedError, match="rank"):

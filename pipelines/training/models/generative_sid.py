@@ -244,9 +244,12 @@ class GenerativeSID(Recommender):
         inputs, labels = tokens[:, :-1], tokens[:, 1:]
         weight = (labels >= self.vocab.code_offsets[0]).float()
         weight[:, -self.levels:] *= self.cfg.target_weight
-        logits = self(inputs, first)
-        ce = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="none").view_as(weight)
-        return (ce * weight).sum() / weight.sum()
+        hidden = self.transformer(inputs, first_position=first)[0]
+        # only positions whose label is a code carry loss: the vocabulary head and the softmax skip
+        # the rest (behavior tokens, padding), the same weighted mean without their zero terms
+        scored = weight > 0
+        ce = F.cross_entropy(self.lm_head(hidden[scored]).float(), labels[scored], reduction="none")
+        return (ce * weight[scored]).sum() / weight.sum()
 
     # ----- ranking -----
 
