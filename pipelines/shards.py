@@ -34,6 +34,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -51,7 +52,7 @@ from pipelines.registry import DatasetConfig
 from pipelines.reporting import Log
 from pipelines.sequences import splits as sp
 from pipelines.sequences.steps import EmptyPartitionError
-from pipelines.storage import ParquetAppender, VersionedOutputs, write_frame, write_npz_atomic, write_text_atomic
+from pipelines.storage import NpzAppender, ParquetAppender, VersionedOutputs, write_frame, write_text_atomic
 from schemas import columns as c
 from schemas.columns import EVENT_COLUMNS
 
@@ -401,9 +402,10 @@ def merge_shards(cfg: DatasetConfig, raw_dir: Path, paths: DatasetLayout, log: L
             if examples == 0:
                 raise EmptyPartitionError(f"dataset '{cfg.name}', split {protocol}: no user has enough target steps")
             for role in ("train", "valid", "test"):
-                merge_table([s.model_ready(protocol, role, "parquet") for s in shards],
-                            paths.model_ready(protocol, role, "parquet"), users_per_block, n_users)
-                merge_arrays([s.model_ready(protocol, role) for s in shards], paths.model_ready(protocol, role))
+                merge_model_ready([s.model_ready(protocol, role, "parquet") for s in shards],
+                                  [s.model_ready(protocol, role) for s in shards],
+                                  paths.model_ready(protocol, role, "parquet"), paths.model_ready(protocol, role),
+                                  users_per_block, n_users)
             counts[protocol] = sum((BehaviorCounts.from_dict(r["counts"][protocol]) for r in records
                                     if protocol in r["counts"]), BehaviorCounts(len(cfg.behaviors)))
         # splits with a global statistic run on the merged steps (user-range shards, as in one process)
@@ -425,12 +427,14 @@ def merge_shards(cfg: DatasetConfig, raw_dir: Path, paths: DatasetLayout, log: L
 
 
 def merge_table(parts: list[Path], target: Path, users_per_block: int, n_users: int,
-                metadata: dict[str, str] | None = None) -> int:
+                metadata: dict[str, str] | None = None,
+                on_block: Callable[[pl.DataFrame], None] | None = None) -> int:
     """Concatenate user-ordered tables of disjoint users into one user-ordered table.
 
     Rows are read in blocks of consecutive user ids (``users_per_block``, derived from dataset totals,
     not from N), each block stably sorted by user: a user's rows keep their order, and the row groups
-    (one per block) are the same whatever the number of shards.
+    (one per block) are the same whatever the number of shards. ``on_block`` sees every non-empty
+    block after it is written, in order.
     """
     files = [p for p in parts if p.is_file() and pl.scan_parquet(p).select(pl.len()).collect().item() > 0]
     with ParquetAppender(target, metadata) as out:
@@ -444,31 +448,34 @@ def merge_table(parts: list[Path], target: Path, users_per_block: int, n_users: 
             block = (scan.filter((pl.col(c.USER_ID) >= lo) & (pl.col(c.USER_ID) < lo + users_per_block))
                      .collect().sort(c.USER_ID, maintain_order=True))
             out.write(block)
+            if on_block is not None and block.height:
+                on_block(block)
         return out.rows
 
 
-def merge_arrays(parts: list[Path], target: Path) -> int:
-    """Concatenate shards' model-ready arrays and order the examples by user (stable within a user).
+def merge_model_ready(tables: list[Path], arrays: list[Path], table_target: Path, arrays_target: Path,
+                      users_per_block: int, n_users: int) -> int:
+    """Merge one role's model-ready table and, from the same blocks, its ``.npz`` arrays: each
+    shard's table and arrays hold the same examples in the same order, so the merged table's
+    blocks, in user order, are the merged arrays (the same bytes as ordering the shards' arrays by
+    user, without reading the arrays)."""
+    from pipelines.sequences import model_ready
 
-    One array at a time: the user ids give the order, then each array is read from every shard,
-    ordered and written before the next one is read."""
+    keys: list[str] = []
+    for path in arrays:  # the arrays' order in the file, as the shards wrote it
+        if path.is_file():
+            with np.load(path) as data:
+                if data.files and len(data["user_ids"]):
+                    keys = list(data.files)
+                    break
+    if keys and sorted(keys) != sorted(model_ready.FRAME_ARRAYS):
+        raise ShardError(f"{arrays_target.name}: the shards' arrays {keys} are not their tables' columns "
+                         f"{list(model_ready.FRAME_ARRAYS)}")
+    with NpzAppender(arrays_target) as out:  # no block: an empty archive, as write_npz_atomic({}) writes
+        def append(block: pl.DataFrame) -> None:
+            if not keys:
+                raise ShardError(f"{arrays_target.name}: the shards' tables have rows but their arrays have none")
+            arrays_of_block = model_ready.from_frame(block)
+            out.append({k: arrays_of_block[k] for k in keys})
 
-    def read(path: Path, key: str) -> np.ndarray:
-        with np.load(path) as data:
-            return data[key] if key in data.files else np.zeros(0, np.int32)
-
-    user_ids = {p: read(p, "user_ids") for p in parts if p.is_file()}
-    present = [p for p, u in user_ids.items() if len(u) > 0]
-    if not present:
-        write_npz_atomic({}, target)
-        return 0
-    order = np.argsort(np.concatenate([user_ids[p] for p in present]), kind="stable")
-    del user_ids
-    with np.load(present[0]) as data:
-        keys = list(data.files)
-
-    def merged(key: str) -> np.ndarray:
-        return np.concatenate([read(p, key) for p in present])[order]
-
-    write_npz_atomic({k: (lambda k=k: merged(k)) for k in keys}, target)
-    return len(order)
+        return merge_table(tables, table_target, users_per_block, n_users, on_block=append)

@@ -6,8 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.shards import merge_arrays
-from pipelines.storage import NpzAppender, write_npz_atomic
+import polars as pl
+
+from pipelines.sequences import model_ready
+from pipelines.shards import merge_model_ready
+from pipelines.storage import NpzAppender, write_frame, write_npz_atomic
 
 
 def blocks(seed: int = 0) -> list[dict[str, np.ndarray]]:
@@ -51,18 +54,45 @@ def test_nothing_appended_is_an_empty_archive_and_a_failure_publishes_nothing(tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.npz", "empty_whole.npz", "kept.npz"]
 
 
-def test_merging_shards_arrays_one_array_at_a_time_gives_the_user_ordered_bytes(tmp_path):
-    shard_files = []
-    for k, seed in enumerate((1, 2, 3)):
-        parts = blocks(seed)
-        shard_files.append(write_npz_atomic({key: np.concatenate([b[key] for b in parts]) for key in parts[0]},
-                                            tmp_path / f"shard_{k}.npz"))
-    shard_files.append(tmp_path / "missing.npz")  # a shard without this role is skipped
-    write_npz_atomic({}, tmp_path / "no_rows.npz")
-    shard_files.append(tmp_path / "no_rows.npz")
-    n = merge_arrays(shard_files, tmp_path / "merged.npz")
-    loaded = [dict(np.load(p)) for p in shard_files[:3]]
+def model_ready_arrays(rng: np.random.Generator, users: np.ndarray) -> dict[str, np.ndarray]:
+    """One shard's model-ready arrays (``build``'s keys and order): 1-3 examples per user, user-ordered."""
+    user_ids = np.repeat(users, rng.integers(1, 4, len(users))).astype(np.int32)
+    n = len(user_ids)
+    arrays = {name: rng.integers(0, 1000, (n, 50)).astype(np.int32) for name in model_ready.ARRAYS}
+    return {**arrays, "lengths": rng.integers(0, 51, n).astype(np.int32),
+            "target_items": rng.integers(1, 1000, n).astype(np.int32),
+            "target_behaviors": rng.integers(1, 16, n).astype(np.int32), "user_ids": user_ids}
+
+
+def test_merging_shards_model_ready_gives_the_user_ordered_bytes_from_the_tables_blocks(tmp_path):
+    """The merge writes a role's arrays from its merged table's blocks, without reading the shards'
+    arrays: the bytes of the shards' arrays concatenated and ordered by user."""
+    rng = np.random.default_rng(0)
+    users = rng.permutation(40)
+    tables, arrays, loaded = [], [], []
+    for k, shard_users in enumerate((np.sort(users[:15]), np.sort(users[15:22]), np.sort(users[22:]))):
+        a = model_ready_arrays(rng, shard_users)
+        loaded.append(a)
+        arrays.append(write_npz_atomic(a, tmp_path / f"shard_{k}.npz"))
+        write_frame(model_ready.to_frame(a, "test"), tmp_path / f"shard_{k}.parquet")
+        tables.append(tmp_path / f"shard_{k}.parquet")
+    arrays.append(tmp_path / "missing.npz")  # a shard without this role is skipped
+    tables.append(tmp_path / "missing.parquet")
+    empty = {k: v[:0] for k, v in loaded[0].items()}
+    arrays.append(write_npz_atomic(empty, tmp_path / "no_rows.npz"))
+    write_frame(model_ready.to_frame(empty, "test"), tmp_path / "no_rows.parquet")
+    tables.append(tmp_path / "no_rows.parquet")
+
+    n = merge_model_ready(tables, arrays, tmp_path / "merged.parquet", tmp_path / "merged.npz",
+                          users_per_block=7, n_users=40)
     whole = {key: np.concatenate([a[key] for a in loaded]) for key in loaded[0]}
     order = np.argsort(whole["user_ids"], kind="stable")
     write_npz_atomic({key: v[order] for key, v in whole.items()}, tmp_path / "expected.npz")
-    assert n == 69 and (tmp_path / "merged.npz").read_bytes() == (tmp_path / "expected.npz").read_bytes()
+    assert n == len(order) > 40
+    assert (tmp_path / "merged.npz").read_bytes() == (tmp_path / "expected.npz").read_bytes()
+    merged = pl.read_parquet(tmp_path / "merged.parquet")
+    assert merged.equals(model_ready.to_frame({key: v[order] for key, v in whole.items()}, "test"))
+
+    # no rows in any shard: an empty table and an empty archive
+    assert merge_model_ready(tables[-2:], arrays[-2:], tmp_path / "e.parquet", tmp_path / "e.npz", 7, 40) == 0
+    assert (tmp_path / "e.npz").read_bytes() == write_npz_atomic({}, tmp_path / "e2.npz").read_bytes()

@@ -19,6 +19,8 @@ import polars as pl
 from schemas import columns as c
 
 ARRAYS = ("items", "behaviors", "time_gaps", "sessions")  # int32 [N, max_len] each
+# every array of a role, in the order ``build`` returns them (int32; the last four are [N])
+FRAME_ARRAYS = (*ARRAYS, "lengths", "target_items", "target_behaviors", "user_ids")
 
 
 def training_examples(steps: pl.DataFrame, roles: pl.DataFrame) -> pl.DataFrame:
@@ -117,6 +119,15 @@ def to_frame(arrays: dict[str, np.ndarray], role: str) -> pl.DataFrame:
         "target_item": pl.Series(arrays["target_items"]).cast(pl.UInt32),
         "target_behaviors": pl.Series(arrays["target_behaviors"]).cast(pl.UInt16),
     })
+
+
+def from_frame(frame: pl.DataFrame) -> dict[str, np.ndarray]:
+    """The arrays ``build`` returned for the rows of a ``to_frame`` table (its inverse), int32."""
+    return {**{name: frame[name].to_numpy().astype(np.int32, copy=False) for name in ARRAYS},
+            "lengths": frame["length"].to_numpy().astype(np.int32),
+            "target_items": frame["target_item"].to_numpy().astype(np.int32),
+            "target_behaviors": frame["target_behaviors"].to_numpy().astype(np.int32),
+            "user_ids": frame[c.USER_ID].to_numpy().astype(np.int32)}
 
 
 def load(path: Path) -> dict[str, np.ndarray]:
