@@ -45,15 +45,17 @@ def test_many_shards_give_the_same_tables_as_one(taobao, tmp_path):
     cfg, paths = taobao
     many = DatasetPaths(tmp_path, "taobao")
     shutil.copytree(paths.stage_dir("ingest"), many.stage_dir("ingest"))
-    for p, shard_rows in ((paths, 10**9), (many, 7_000)):
+    # many user shards, and windows expanded a few examples at a time (leakage filter, arrays)
+    for p, shard_rows, block in ((paths, 10**9, 10**9), (many, 7_000, 37)):
         materialize_steps(cfg, p, log=lambda _: None, rows_per_shard=shard_rows)
-        for protocol in ("leave_one_out", "temporal"):
-            materialize_split(cfg, p, protocol, log=lambda _: None, rows_per_shard=shard_rows)
-        materialize_model_ready(cfg, p, log=lambda _: None, rows_per_shard=shard_rows)
+        for protocol in ("leave_one_out", "temporal", "session"):
+            materialize_split(cfg, p, protocol, log=lambda _: None, rows_per_shard=shard_rows,
+                              examples_per_block=block)
+        materialize_model_ready(cfg, p, log=lambda _: None, rows_per_shard=shard_rows, examples_per_block=block)
     one_steps = pl.read_parquet(paths.stage_dir("sequences") / "steps.parquet")
     assert one_steps.equals(pl.read_parquet(many.stage_dir("sequences") / "steps.parquet"))
-    for protocol in ("leave_one_out", "temporal"):
-        for f in ("roles", "examples", "examples_unfiltered"):
+    for protocol in ("leave_one_out", "temporal", "session"):
+        for f in ("roles", "examples", "examples_unfiltered", "train_examples"):
             a = pl.read_parquet(paths.stage_dir("splits") / protocol / f"{f}.parquet")
             b = pl.read_parquet(many.stage_dir("splits") / protocol / f"{f}.parquet")
             assert a.equals(b), (protocol, f)

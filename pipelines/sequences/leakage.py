@@ -43,12 +43,25 @@ def _target_lower_mask(cfg: DatasetConfig) -> pl.Expr:
     return expr
 
 
-def window_rows(steps: pl.DataFrame, examples: pl.DataFrame, max_len: int) -> pl.DataFrame:
+# examples whose history windows are expanded at once (up to max_len rows each): a protocol with an
+# example per held-out step (session) has about one example per five steps, so a 5M-row chunk of
+# steps would otherwise expand to tens of millions of window rows together
+EXAMPLES_PER_BLOCK = 100_000
+
+
+def user_starts(steps: pl.DataFrame) -> pl.DataFrame:
+    """(user_id, __first): the row of each user's first step (steps are contiguous per user)."""
+    return steps.with_row_index("__row").group_by(c.USER_ID).agg(pl.col("__row").min().alias("__first"))
+
+
+def window_rows(steps: pl.DataFrame, examples: pl.DataFrame, max_len: int,
+                starts: pl.DataFrame | None = None) -> pl.DataFrame:
     """One row per (example, history step) within the last ``max_len`` steps before history_end.
 
     Steps are contiguous per user, so each window is a range of row offsets: no join over users.
+    ``starts``: ``user_starts(steps)``, when the caller already has it.
     """
-    starts = steps.with_row_index("__row").group_by(c.USER_ID).agg(pl.col("__row").min().alias("__first"))
+    starts = user_starts(steps) if starts is None else starts
     ex = examples.with_row_index("example").join(starts, on=c.USER_ID, how="left")
     lo = (pl.col("history_end").cast(pl.Int64) - max_len).clip(lower_bound=0)
     rows = ex.select(
@@ -60,17 +73,25 @@ def window_rows(steps: pl.DataFrame, examples: pl.DataFrame, max_len: int) -> pl
     return pl.concat([rows.drop("__row"), hist[rows["__row"].cast(pl.UInt32)]], how="horizontal")
 
 
-def find_leaks(steps: pl.DataFrame, examples: pl.DataFrame, cfg: DatasetConfig, mode: Mode, max_len: int) -> pl.DataFrame:
-    """(example, step, h_behaviors) of every history step the mode removes."""
+def find_leaks(steps: pl.DataFrame, examples: pl.DataFrame, cfg: DatasetConfig, mode: Mode, max_len: int,
+               examples_per_block: int = EXAMPLES_PER_BLOCK) -> pl.DataFrame:
+    """(example, step, h_behaviors) of every history step the mode removes; ``example`` is the row of
+    ``examples``. The windows are expanded ``examples_per_block`` examples at a time (bounded memory)."""
+    schema = {"example": pl.UInt32, "step": pl.UInt32, "h_behaviors": pl.UInt16}
     if mode == "off" or examples.is_empty():
-        return pl.DataFrame(schema={"example": pl.UInt32, "step": pl.UInt32, "h_behaviors": pl.UInt16})
-    ex = examples.with_row_index("example").with_columns(_target_lower_mask(cfg).alias("__lower"))
-    win = window_rows(steps, examples, max_len).join(
-        ex.select("example", pl.col(c.ITEM_ID).alias("t_item"), "__lower", "history_end"), on="example")
-    leaking = (pl.col("h_item") == pl.col("t_item")) & ((pl.col("h_behaviors") & ~pl.col("__lower")) == 0)
-    if mode == "last":
-        leaking &= pl.col("step") == pl.col("history_end") - 1
-    return win.filter(leaking).select("example", "step", "h_behaviors")
+        return pl.DataFrame(schema=schema)
+    starts = user_starts(steps)
+    parts = []
+    for first in range(0, examples.height, examples_per_block):
+        block = examples.slice(first, examples_per_block)
+        ex = block.with_row_index("example").with_columns(_target_lower_mask(cfg).alias("__lower"))
+        win = window_rows(steps, block, max_len, starts).join(
+            ex.select("example", pl.col(c.ITEM_ID).alias("t_item"), "__lower", "history_end"), on="example")
+        leaking = (pl.col("h_item") == pl.col("t_item")) & ((pl.col("h_behaviors") & ~pl.col("__lower")) == 0)
+        if mode == "last":
+            leaking &= pl.col("step") == pl.col("history_end") - 1
+        parts.append(win.filter(leaking).select((pl.col("example") + first).cast(pl.UInt32), "step", "h_behaviors"))
+    return pl.concat(parts).cast(schema)
 
 
 def apply_filter(examples: pl.DataFrame, leaks: pl.DataFrame, mode: Mode) -> pl.DataFrame:

@@ -18,7 +18,7 @@ from pipelines.parallel import ordered_map
 from pipelines.registry import DatasetConfig
 from pipelines.reporting import Log, audit_plot, markdown_table
 from pipelines.sequences import splits as sp
-from pipelines.sequences.leakage import apply_filter, audit, find_leaks
+from pipelines.sequences.leakage import EXAMPLES_PER_BLOCK, apply_filter, audit, find_leaks
 from pipelines.sequences.options import SequenceOptions
 from pipelines.sequences.steps import EmptyPartitionError, behavior_steps, clean, with_sessions
 from pipelines.storage import (
@@ -152,7 +152,8 @@ def _set_name(cfg: DatasetConfig, mask: int) -> str:
 
 
 def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, log: Log = print,
-                      rows_per_shard: int = ROWS_PER_SHARD, require_examples: bool = True) -> SplitSummary:
+                      rows_per_shard: int = ROWS_PER_SHARD, require_examples: bool = True,
+                      examples_per_block: int = EXAMPLES_PER_BLOCK) -> SplitSummary:
     """Write one protocol's roles and examples (filtered and unfiltered), shard by shard of users.
 
     ``require_examples`` False: a split without evaluation examples is written, not an error (one
@@ -183,11 +184,11 @@ def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, lo
                                                            pl.DataFrame]:
             steps = read_user_range(path, bounds[0], bounds[1])
             split = spec.run(steps, inputs)
-            leaks = find_leaks(steps, split.examples, cfg, opts.leakage_filter, opts.max_len)
+            leaks = find_leaks(steps, split.examples, cfg, opts.leakage_filter, opts.max_len, examples_per_block)
             train = training_examples(steps, split.roles)
             n_train_leaks = 0
             if opts.filter_training_targets:
-                train_leaks = find_leaks(steps, train, cfg, opts.leakage_filter, opts.max_len)
+                train_leaks = find_leaks(steps, train, cfg, opts.leakage_filter, opts.max_len, examples_per_block)
                 train = apply_filter(train.drop("dropped_steps"), train_leaks, opts.leakage_filter)
                 n_train_leaks = train_leaks.height
             return (split, leaks, train, n_train_leaks, apply_filter(split.examples, leaks, opts.leakage_filter),
@@ -225,8 +226,10 @@ def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, lo
 
 def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
                             rows_per_shard: int = ROWS_PER_SHARD,
-                            protocols: tuple[str, ...] = sp.PROTOCOLS) -> dict[str, dict[str, int]]:
-    """train/valid/test arrays per materialized split: parquet (Array columns) and .npz."""
+                            protocols: tuple[str, ...] = sp.PROTOCOLS,
+                            examples_per_block: int = EXAMPLES_PER_BLOCK) -> dict[str, dict[str, int]]:
+    """train/valid/test arrays per materialized split: parquet (Array columns) and .npz, built
+    ``examples_per_block`` examples at a time (each holds up to max_len history rows meanwhile)."""
     from pipelines.sequences import model_ready
 
     opts = SequenceOptions.of(cfg)
@@ -254,8 +257,9 @@ def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = 
                 for role, ex in (("train", read_user_range(paths.train_examples(protocol), lo, hi)),
                                  ("valid", examples.filter(pl.col("role") == "valid")),
                                  ("test", examples.filter(pl.col("role") == "test"))):
-                    a = model_ready.build(steps, ex, opts.max_len)
-                    out.append((role, a, model_ready.to_frame(a, role)))
+                    for start in range(0, max(ex.height, 1), examples_per_block):
+                        a = model_ready.build(steps, ex.slice(start, examples_per_block), opts.max_len)
+                        out.append((role, a, model_ready.to_frame(a, role)))
                 return out
 
             for shard in ordered_map(shard_arrays, shards):
