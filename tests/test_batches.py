@@ -152,6 +152,26 @@ def test_training_loss_of_a_trimmed_batch_is_the_padded_batch_loss(name):
     assert torch.allclose(losses[0], losses[1], rtol=1e-5, atol=1e-6)
 
 
+def test_training_trims_only_with_length_pools(monkeypatch):
+    """Plain training batches keep max_len columns (a narrower batch would draw other dropout masks
+    and so change the run); with length pools they are trimmed."""
+    from pipelines.training import trainer
+
+    seen: list[tuple[int, bool]] = []
+    real_iterate = trainer.iterate
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["length_pools"], kwargs["trim"]))
+        return real_iterate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "iterate", spy)
+    data = arrays(max_history=6)
+    for pools in (0, 2):
+        cfg = TrainConfig(epochs=1, batch_size=8, length_pools=pools)
+        trainer.train(build("sasrec"), data, data, BEHAVIORS, cfg, log=lambda _: None)
+    assert seen == [(0, False), (2, True)]
+
+
 def test_training_iterates_trimmed_batches():
     data = arrays(max_history=6)
     widths = [b["items"].shape[1] for b in iterate(data, 8, shuffle=True, seed=0, device="cpu", trim=True)]

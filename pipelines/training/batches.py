@@ -3,9 +3,11 @@
 Histories are left-padded to the stage's ``max_len``. With ``trim`` a batch keeps only the columns
 from its longest history on: every model reads positions right-aligned (the last column is always
 position ``max_len - 1``) and masks padding, so a trimmed batch gives the same outputs for every
-real step while skipping the padding's work. ``length_pools`` sorts rows by length within pools of
-that many batches, so that the rows of a batch have similar lengths and trimming pays (the usual
-"group by length" of sequence training); the batches' order is still shuffled.
+real step while skipping the padding's work. Evaluation always trims (no randomness there). In
+training a narrower batch also draws fewer random numbers (dropout masks, augmentations), which
+changes the rest of the run's random stream, so training trims only with ``length_pools``: rows
+sorted by length within pools of that many batches, so that a batch's rows have similar lengths
+and trimming pays (the usual "group by length"); the batches' order is still shuffled.
 """
 
 from __future__ import annotations

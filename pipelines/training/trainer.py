@@ -131,7 +131,7 @@ def _train_epoch(model: Recommender, optimizer: torch.optim.Optimizer, arrays: d
     total = torch.zeros((), dtype=torch.float64, device=model.device)  # summed on device: no sync per batch
     n_seq = 0
     for batch in iterate(arrays, cfg.batch_size, shuffle=True, seed=_epoch_seed(cfg.seed, epoch), device=model.device,
-                         length_pools=cfg.length_pools, trim=True):
+                         length_pools=cfg.length_pools, trim=cfg.length_pools > 0):
         optimizer.zero_grad(set_to_none=True)
         loss = model.loss(batch)
         loss.backward()

@@ -240,11 +240,13 @@ class GenerativeSID(Recommender):
     # ----- training -----
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        tokens, first = cut_leading_padding(self.sequence(batch))
+        # the whole window, padding included: cutting it would change the shape dropout draws for, and
+        # so the random stream of training (ranking cuts it: no randomness there)
+        tokens = self.sequence(batch)
         inputs, labels = tokens[:, :-1], tokens[:, 1:]
         weight = (labels >= self.vocab.code_offsets[0]).float()
         weight[:, -self.levels:] *= self.cfg.target_weight
-        hidden = self.transformer(inputs, first_position=first)[0]
+        hidden = self.transformer(inputs)[0]
         # only positions whose label is a code carry loss: the vocabulary head and the softmax skip
         # the rest (behavior tokens, padding), the same weighted mean without their zero terms
         scored = weight > 0
@@ -308,9 +310,9 @@ def check_codes(codes: np.ndarray, codebook_sizes: list[int], n_items: int) -> N
 def cut_leading_padding(tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Drop the leading columns that are ``<pad>`` in every row -> (the rest, how many were dropped).
 
-    Real tokens never attend to padding keys and padding labels carry no loss, so with positions
-    starting at the number dropped the model computes the same for every real token, without the
-    work on rows' shared padding (a batch whose histories are all shorter than ``history_steps``)."""
+    Real tokens never attend to padding keys, so with positions starting at the number dropped the
+    model computes the same for every real token, without the work on rows' shared padding (a batch
+    whose histories are all shorter than ``history_steps``). The beam search uses it."""
     real_columns = (tokens != PAD).any(dim=0)
     first = int(real_columns.int().argmax()) if bool(real_columns.any()) else tokens.shape[1] - 1
     return tokens[:, first:], first
