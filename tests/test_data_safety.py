@@ -171,17 +171,31 @@ def test_overflow_bad_utf8_bom_and_signed_ids_are_rows_not_crashes(tmp_path, reg
 
 def test_utf8_scan_finds_bad_lines_past_the_ascii_shortcut(tmp_path):
     """Pure-ASCII files skip decoding; any other byte (first bytes included) gets the line-by-line scan."""
-    from pipelines.ingest.lines import utf8_problems
+    from pipelines.ingest.lines import ByteFacts, inspect_bytes
 
     f = tmp_path / "events.csv"
     f.write_bytes(b"1,2,3,pv,4\n" * 50)
-    assert utf8_problems(f, block_bytes=16) == (False, [])
+    assert inspect_bytes(f, block_bytes=16) == ByteFacts(False, [], needs_trim=False)
     f.write_bytes("\u00e9,2\n".encode() + b"1,2\n" * 30 + b"1,\xff\n" + b"1,2\n" * 30 + b"\xfe\n")
-    assert utf8_problems(f, block_bytes=16) == (False, [32, 63])  # 'é' is valid; blocks cut anywhere
+    assert inspect_bytes(f, block_bytes=16) == (False, [32, 63], True)  # 'é' is valid; blocks cut anywhere
     f.write_bytes(b"1,2\n" * 30 + b"1,\xff\n")
-    assert utf8_problems(f, block_bytes=16) == (False, [31])
+    assert inspect_bytes(f, block_bytes=16) == (False, [31], True)
     f.write_bytes(b"\xef\xbb\xbf1,2\n")
-    assert utf8_problems(f) == (True, [])
+    assert inspect_bytes(f) == (True, [], True)
+
+
+@pytest.mark.parametrize("blank", [b" ", b"\t", b"\r", b"\x0b", b"\x0c"])
+def test_a_whitespace_byte_anywhere_means_fields_are_trimmed(tmp_path, blank):
+    """Skipping the trim is safe only when no byte of the file is one ``strip_chars`` removes: one such
+    byte in the head, in a later block or at a block's edge turns trimming back on."""
+    from pipelines.ingest.lines import inspect_bytes
+
+    f = tmp_path / "events.csv"
+    for data in (blank + b"1,2\n" * 40, b"1,2\n" * 40 + blank, b"1,2\n" * 8 + b"1" + blank + b",2\n" + b"1,2\n" * 30):
+        f.write_bytes(data)
+        assert inspect_bytes(f, block_bytes=16).needs_trim
+    f.write_bytes(b"1,2\n" * 40 + b"\n\n")  # blank lines hold only the newline: nothing to trim
+    assert not inspect_bytes(f, block_bytes=16).needs_trim
 
 
 # 6 ---------------------------------------------------------------- run monitoring configured in the instance

@@ -157,3 +157,21 @@ def test_exact_duplicates_keep_the_first_row_in_frame_order():
     assert kept.equals(frame.unique(subset=keys, keep="first", maintain_order=True))
     unique = frame.filter(pl.col("line").is_in([0, 2, 3]))
     assert _drop_exact_duplicates(unique) is unique  # nothing repeated: the frame as it is
+
+
+def test_a_file_without_whitespace_skips_trimming_with_the_same_result(registry, tmp_path, monkeypatch):
+    """A pure-ASCII file with no whitespace bytes is parsed without trimming its fields (nothing to
+    trim): every table equals the one the trimming parse gives, bad rows and blank lines included."""
+    import pipelines.ingest.lines as lines
+
+    body = GOOD + "\n1,10,7,pv\n+1,10,7,pv,1511600000\n1,10,7,click,1511600000\n,,,,\n" + GOOD.replace("10", "11") * 2
+    s_fast, fast = quarantine_of(registry, tmp_path / "fast", body)
+    assert not lines.inspect_bytes(tmp_path / "fast" / "raw" / "UserBehavior.csv").needs_trim
+    real = lines.inspect_bytes
+    monkeypatch.setattr(lines, "inspect_bytes", lambda path, **kw: real(path, **kw)._replace(needs_trim=True))
+    s_trim, trimmed = quarantine_of(registry, tmp_path / "trim", body)
+    assert fast == trimmed and [r[2] for r in fast][:2] == ["empty line", "wrong column count: expected 5, got 4"]
+    assert s_fast.rows_kept == s_trim.rows_kept == 2
+    out_fast, out_trim = tmp_path / "fast" / "out", tmp_path / "trim" / "out"
+    for name in ("events.parquet", "user_id_map.parquet", "item_id_map.parquet"):
+        assert pl.read_parquet(out_fast / name).equals(pl.read_parquet(out_trim / name)), name
