@@ -175,3 +175,25 @@ def test_a_file_without_whitespace_skips_trimming_with_the_same_result(registry,
     out_fast, out_trim = tmp_path / "fast" / "out", tmp_path / "trim" / "out"
     for name in ("events.parquet", "user_id_map.parquet", "item_id_map.parquet"):
         assert pl.read_parquet(out_fast / name).equals(pl.read_parquet(out_trim / name)), name
+
+
+def test_rejected_lines_are_read_again_from_the_right_file_and_line(registry, tmp_path):
+    """The main pass keeps only a rejected row's file and line; its raw text and reason come from a
+    second scan of those lines. Two files, one clean (no trimming) and one with CRLF endings and
+    padded fields (trimmed), each with bad lines at the same line numbers."""
+    cfg = with_options(registry.get("taobao").model_copy(update={"files": {"events": "events_*.csv"}}),
+                       bad_row_threshold=1.0)
+    write(tmp_path / "raw", "events_1.csv", GOOD + "x1,10,7,pv,1511600000\n" + GOOD.replace("pv", "buy") + "1,10\n")
+    crlf = (" 2 ,10,7,pv,1511600001\r\n" + "2,10,7,click,1511600001\r\n" + "2,11,7,pv,1511600002\r\n"
+            + "2,1 1\r\n")
+    (tmp_path / "raw" / "events_2.csv").write_bytes(crlf.encode())
+    s, t = run_ingest(cfg, tmp_path / "raw", tmp_path / "out")
+    rows = t["quarantine"].select(c.SOURCE_FILE, c.SOURCE_LINE, c.REASON, c.RAW_TEXT).rows()
+    assert rows == [
+        ("events_1.csv", 2, "unparsable user_id 'x1'", "x1,10,7,pv,1511600000"),
+        ("events_1.csv", 4, "wrong column count: expected 5, got 2", "1,10"),
+        ("events_2.csv", 2, "unknown behavior 'click' (vocabulary: pv, fav, cart, buy)", "2,10,7,click,1511600001"),
+        ("events_2.csv", 4, "wrong column count: expected 5, got 2", "2,1 1"),
+    ]
+    assert (s.rows_read, s.rows_kept, s.rows_quarantined) == (8, 4, 4)
+    assert s.quarantine_reasons == {"wrong column count": 2, "unparsable user_id": 1, "unknown behavior": 1}

@@ -23,7 +23,7 @@ import math
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ import polars as pl
 from pipelines.ingest.errors import IngestError
 from pipelines.ingest.formats import EVENT_PARSERS, EVENT_ROLES, event_files, item_attributes_from_files
 from pipelines.ingest.incremental import FULL, INCREMENTAL, STATE_FILE, IngestState, Plan, append_only, plan_ingest
-from pipelines.ingest.lines import N_FIELDS, TEXT, Check, RawFile, escape_invisible, readable_copy, utf8_check
+from pipelines.ingest.lines import TEXT, Check, RawFile, escape_invisible, readable_copy, utf8_check
 from pipelines.reporting import Log
 from pipelines.registry import FORMAT_FILE_ROLES, DatasetConfig
 from pipelines.layout import INGEST_FILES, failed_attempt_dir
@@ -249,24 +249,22 @@ def parse_raw(cfg: DatasetConfig, files: dict[str, list[RawFile]], to_parse: dic
     all_checks = source.checks if prev_dir is None else EVENT_PARSERS[cfg.format](cfg, files).checks
     checks = [utf8_check(parse_files), *all_checks]
     code = _reason_code(checks)
-    kept_for_bad = [TEXT, N_FIELDS, *source.raw_fields]
-    # 1-2. one streaming pass over the raw lines: every row's parsed values and reason code, and the
-    # raw text and fields of the rejected rows only (null elsewhere: nearly free once compressed).
-    # Scratch, so lz4: cheaper to write and read back than zstd. (Two sinks in one pass, the rejected
-    # rows apart, were no faster and held the whole input in memory: 6.8 GB at 100M rows.)
+    # 1. one streaming pass over the raw lines: every row's parsed values and reason code. Scratch,
+    # so lz4: cheaper to write and read back than zstd. The rejected rows' raw text and fields are
+    # not carried (seven mostly-null columns were a quarter of the pass): step 2 reads those lines
+    # again. (Two sinks in one pass, the rejected rows apart, were no faster and held the whole
+    # input in memory: 6.8 GB at 100M rows.)
     parsed_path = staged.path("_parsed.parquet")
     log(f"{cfg.name}: parsing {', '.join(f.name for fs in to_parse.values() for f in fs if fs)}")
     (
         source.frame.with_columns(code.alias(REASON_CODE))
-        .select(
-            c.SOURCE_FILE, c.SOURCE_LINE, c.EVENT_ORDER, c.RAW_USER_ID, c.RAW_ITEM_ID, c.BEHAVIORS,
-            c.TIMESTAMP, *source.extras, REASON_CODE,
-            *[pl.when(pl.col(REASON_CODE).is_not_null()).then(pl.col(f)).alias(f) for f in kept_for_bad],
-        )
+        .select(c.SOURCE_FILE, c.SOURCE_LINE, c.EVENT_ORDER, c.RAW_USER_ID, c.RAW_ITEM_ID, c.BEHAVIORS,
+                c.TIMESTAMP, *source.extras, REASON_CODE)
         .sink_parquet(parsed_path, compression=SCRATCH_COMPRESSION, engine="streaming")
     )
     parsed = pl.scan_parquet(parsed_path)
-    rejected = parsed.filter(pl.col(REASON_CODE).is_not_null())
+    # 2. the rejected lines (few), scanned again with every field and their reason recomputed
+    rejected = _rejected_rows(cfg, to_parse, parsed, code)
     per_file_df = (
         parsed.group_by(c.SOURCE_FILE)
         .agg(pl.len().alias("rows_read"), pl.col(REASON_CODE).is_not_null().sum().alias("rows_quarantined"))
@@ -285,14 +283,14 @@ def parse_raw(cfg: DatasetConfig, files: dict[str, list[RawFile]], to_parse: dic
 
     # 3. quarantine (the previous version's rows come first: they are earlier in file order)
     quarantine = (
-        rejected
+        rejected.lazy()
         .with_columns(_reason_text(checks))
         .sort(c.EVENT_ORDER)
         .select(c.SOURCE_FILE, c.SOURCE_LINE, c.REASON, pl.col(TEXT).alias(c.RAW_TEXT))
         .collect()
         .with_columns(pl.col(c.REASON).map_elements(escape_invisible, return_dtype=pl.String))
     )
-    reasons = _reason_counts(rejected, checks)
+    reasons = _reason_counts(parsed, checks)
     if prev_dir is not None:
         quarantine = pl.concat([pl.read_parquet(prev_dir / QUARANTINE_FILE), quarantine], how="vertical").rechunk()
         reasons = _merge_reason_counts(prev_report["quarantine_reasons"], reasons, checks)
@@ -311,6 +309,19 @@ def parse_raw(cfg: DatasetConfig, files: dict[str, list[RawFile]], to_parse: dic
             f"of this attempt ({n_bad:,} rows) is in {kept_at}."
         )
     return ParsedRaw(parsed, checks, source, per_file, rows_read, n_bad, reasons, parse_files)
+
+
+def _rejected_rows(cfg: DatasetConfig, parsed_files: dict[str, list[RawFile]], parsed: pl.LazyFrame,
+                   code: pl.Expr) -> pl.DataFrame:
+    """Every column of the rows the main pass rejected (raw text, field count, raw fields, reason
+    code), from a second scan that keeps only their lines before any string work."""
+    bad = parsed.filter(pl.col(REASON_CODE).is_not_null()).select(c.SOURCE_FILE, c.SOURCE_LINE).collect()
+    lines = {name: tuple(sorted(g[c.SOURCE_LINE].to_list()))
+             for (name,), g in bad.group_by(c.SOURCE_FILE)}
+    only = {role: [replace(f, only_lines=lines.get(f.name, ())) for f in fs]
+            for role, fs in parsed_files.items() if role in set(EVENT_ROLES[cfg.format])}
+    again = EVENT_PARSERS[cfg.format](cfg, {**parsed_files, **only})
+    return again.frame.with_columns(code.alias(REASON_CODE)).filter(pl.col(REASON_CODE).is_not_null()).collect()
 
 
 def _ingest(

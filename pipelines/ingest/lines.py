@@ -44,7 +44,8 @@ class RawFile:
 
     ``readable``: a copy with invalid UTF-8 bytes replaced (only when the file has any, see
     ``inspect_bytes``); ``bad_lines``: the 1-based numbers of those lines, quarantined as bad rows;
-    ``needs_trim``: False when the bytes show that no field can carry whitespace to strip.
+    ``needs_trim``: False when the bytes show that no field can carry whitespace to strip;
+    ``only_lines``: scan just these 1-based lines (the second look at rejected rows), else all.
     """
 
     path: Path
@@ -53,6 +54,7 @@ class RawFile:
     bad_lines: tuple[int, ...] = ()
     bom: bool = False
     needs_trim: bool = True
+    only_lines: tuple[int, ...] | None = None
 
     @property
     def name(self) -> str:
@@ -191,7 +193,10 @@ def scan_fields(
     lf = pl.scan_lines(raw.readable_path, name=TEXT, row_index_name=c.SOURCE_LINE, row_index_offset=1)
     if has_header:
         lf = lf.filter(pl.col(c.SOURCE_LINE) > 1)
-    text = pl.col(TEXT).str.strip_suffix("\r")
+    if raw.only_lines is not None:  # before any string work: the rest of the file costs only its reading
+        lf = lf.filter(pl.col(c.SOURCE_LINE).is_in(list(raw.only_lines)))
+    # a file without whitespace bytes has no '\r' to cut either (each use of `text` recomputes it)
+    text = pl.col(TEXT).str.strip_suffix("\r") if raw.needs_trim else pl.col(TEXT)
     if raw.bom:  # a UTF-8 byte-order mark belongs to the file, not to the first field
         text = pl.when(pl.col(c.SOURCE_LINE) == 1).then(text.str.strip_prefix(BOM)).otherwise(text)
     parts = text.str.split_exact(",", max(positions.values()) if positions else 0)
