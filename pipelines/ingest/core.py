@@ -315,13 +315,14 @@ def _rejected_rows(cfg: DatasetConfig, parsed_files: dict[str, list[RawFile]], p
                    code: pl.Expr) -> pl.DataFrame:
     """Every column of the rows the main pass rejected (raw text, field count, raw fields, reason
     code), from a second scan that keeps only their lines before any string work."""
-    bad = parsed.filter(pl.col(REASON_CODE).is_not_null()).select(c.SOURCE_FILE, c.SOURCE_LINE).collect()
+    bad = parsed.filter(pl.col(REASON_CODE).is_not_null()).select(c.SOURCE_FILE, c.SOURCE_LINE).collect(engine="streaming")
     lines = {name: tuple(sorted(g[c.SOURCE_LINE].to_list()))
              for (name,), g in bad.group_by(c.SOURCE_FILE)}
     only = {role: [replace(f, only_lines=lines.get(f.name, ())) for f in fs]
             for role, fs in parsed_files.items() if role in set(EVENT_ROLES[cfg.format])}
     again = EVENT_PARSERS[cfg.format](cfg, {**parsed_files, **only})
-    return again.frame.with_columns(code.alias(REASON_CODE)).filter(pl.col(REASON_CODE).is_not_null()).collect()
+    return (again.frame.with_columns(code.alias(REASON_CODE)).filter(pl.col(REASON_CODE).is_not_null())
+            .collect(engine="streaming"))  # streaming: the in-memory engine would hold every line first
 
 
 def _ingest(
