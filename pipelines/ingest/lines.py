@@ -204,11 +204,15 @@ def scan_fields(
     def trim(e: pl.Expr) -> pl.Expr:
         return e.str.strip_chars() if raw.needs_trim else e
 
+    # the second look keeps a few lines from all over the file: their text is copied, or each kept
+    # line would hold on to the whole block it was read from (4.6 GB at 100M rows, 0.5 GB copied)
+    line_text = text if raw.only_lines is None else pl.format("{}", text)
+
     return lf.select(
         pl.lit(raw.name, pl.String).alias(c.SOURCE_FILE),
         pl.col(c.SOURCE_LINE).cast(pl.UInt32),
         (pl.lit(raw.index << c.LINE_BITS, pl.Int64) + pl.col(c.SOURCE_LINE).cast(pl.Int64)).alias(c.EVENT_ORDER),
-        text.alias(TEXT),
+        line_text.alias(TEXT),
         (text.str.count_matches(",", literal=True) + 1).cast(pl.UInt32).alias(N_FIELDS),
         (trim(text) == "").alias(BLANK),
         *[trim(parts.struct.field(f"field_{pos}")).alias(RAW_PREFIX + name) for name, pos in positions.items()],
