@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 
+import numpy as np
 import polars as pl
 
 from pipelines.layout import DATA_ROOT_ENV, DatasetLayout, default_data_root  # noqa: F401
@@ -353,7 +354,7 @@ def user_shards(path: Path, rows_per_shard: int) -> list[tuple[int, int]]:
         return []
     users = counts["user_id"].to_numpy().astype("int64")
     shard_of = (counts["len"].cum_sum().to_numpy() - 1) // max(1, rows_per_shard)
-    bounds = [int(users[0])] + [int(users[i]) for i in range(1, len(users)) if shard_of[i] != shard_of[i - 1]]
+    bounds = [int(users[0]), *users[np.flatnonzero(shard_of[1:] != shard_of[:-1]) + 1].tolist()]
     return list(zip(bounds, bounds[1:] + [int(users[-1]) + 1], strict=True))
 
 

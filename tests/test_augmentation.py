@@ -154,3 +154,23 @@ def test_statistics_check_catches_asymmetric_M_and_non_training_counts(tmp_path,
     bad.write_text(json.dumps(leaky))
     r = statistics_consistency(bad, roles, steps)
     assert not r.passed and "training steps" in r.message
+
+
+def test_training_steps_by_mask_equal_the_join_in_any_row_order():
+    """Roles that line up with the steps are read as a mask; any other order falls back to the join;
+    both give the train steps in the steps' order."""
+    from pipelines.augmentation.stage import train_steps
+
+    rng = np.random.default_rng(0)
+    steps = pl.DataFrame({c.USER_ID: np.repeat(np.arange(50), 6), "step": np.tile(np.arange(6), 50),
+                          c.BEHAVIORS: rng.integers(1, 16, 300)})
+    roles = steps.select(c.USER_ID, "step").with_columns(
+        pl.Series("role", rng.choice(["train", "valid", "test", "excluded"], 300)))
+    expected = steps.join(roles.filter(pl.col("role") == "train"), on=[c.USER_ID, "step"], how="semi",
+                          maintain_order="left")
+    assert 0 < expected.height < steps.height
+    for shuffled in (roles, roles.sample(fraction=1.0, shuffle=True, seed=1), roles.reverse()):
+        assert train_steps(steps, shuffled).equals(expected)
+    # one step fewer in the roles (a table of another version): the join, not a misaligned mask
+    assert train_steps(steps, roles.slice(1)).equals(expected.filter(
+        ~((pl.col(c.USER_ID) == 0) & (pl.col("step") == 0))))

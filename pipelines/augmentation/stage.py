@@ -26,15 +26,34 @@ from schemas import columns as c
 
 def training_counts(paths: DatasetPaths, protocol: str, n_behaviors: int, rows_per_shard: int = ROWS_PER_SHARD) -> BehaviorCounts:
     """Counts over the protocol's train-role steps, shard by shard, merged by addition."""
-    total = BehaviorCounts(n_behaviors)
-    roles_path = paths.roles(protocol)
+    return training_counts_of(paths, [protocol], n_behaviors, rows_per_shard)[protocol]
+
+
+def training_counts_of(paths: DatasetPaths, protocols: list[str], n_behaviors: int,
+                       rows_per_shard: int = ROWS_PER_SHARD) -> dict[str, BehaviorCounts]:
+    """``training_counts`` of several protocols in one sweep: each user range's steps are read once."""
+    totals = {p: BehaviorCounts(n_behaviors) for p in protocols}
+    if not protocols:
+        return totals
     for lo, hi in user_shards(paths.steps(), rows_per_shard):
         steps = read_user_range(paths.steps(), lo, hi, [c.USER_ID, "step", c.BEHAVIORS])
-        roles = read_user_range(roles_path, lo, hi)
-        train = steps.join(roles.filter(pl.col("role") == "train"), on=[c.USER_ID, "step"], how="semi",
-                           maintain_order="left")
-        total = total + count_sets(train, n_behaviors)
-    return total
+        for protocol in protocols:
+            train = train_steps(steps, read_user_range(paths.roles(protocol), lo, hi))
+            totals[protocol] = totals[protocol] + count_sets(train, n_behaviors)
+    return totals
+
+
+def train_steps(steps: pl.DataFrame, roles: pl.DataFrame) -> pl.DataFrame:
+    """The rows of ``steps`` whose role is ``train``, in their order.
+
+    A roles table has one row per step; when its rows line up with ``steps`` (same users and steps
+    in the same order: every protocol writes them so) the role column is a mask, else a join.
+    """
+    if (roles.height == steps.height and roles[c.USER_ID].equals(steps[c.USER_ID], check_names=False)
+            and roles["step"].equals(steps["step"], check_names=False)):
+        return steps.filter(roles["role"] == "train")
+    return steps.join(roles.filter(pl.col("role") == "train"), on=[c.USER_ID, "step"], how="semi",
+                      maintain_order="left")
 
 
 def to_json(cfg: DatasetConfig, s: BehaviorStatistics, c_exponent: float) -> dict[str, object]:
@@ -80,10 +99,10 @@ def materialize_statistics(cfg: DatasetConfig, paths: DatasetPaths, log: Log = p
     """``counts``: per protocol, counts already added up (a sharded run's merge); others are counted here."""
     c_exponent = AugmentationOptions.of(cfg).mask_exponent if c_exponent is None else c_exponent
     out: dict[str, dict[str, object]] = {}
-    for protocol in PROTOCOLS:
-        if not paths.roles(protocol).is_file():
-            continue
-        total = (counts or {}).get(protocol) or training_counts(paths, protocol, len(cfg.behaviors))
+    present = [p for p in PROTOCOLS if paths.roles(p).is_file()]
+    counted = training_counts_of(paths, [p for p in present if not (counts or {}).get(p)], len(cfg.behaviors))
+    for protocol in present:
+        total = (counts or {}).get(protocol) or counted[protocol]
         s = statistics(total, c_exponent)
         doc = to_json(cfg, s, c_exponent)
         for name, arr in (("M", s.M), ("T", s.T)):
@@ -117,9 +136,7 @@ def materialize_sequential_views(cfg: DatasetConfig, paths: DatasetPaths, log: L
         with ParquetAppender(target, {"mbrec.views": str(views), "mbrec.seed": str(seed)}) as w:
             for i, (lo, hi) in enumerate(user_shards(paths.steps(), rows_per_shard)):
                 steps = read_user_range(paths.steps(), lo, hi)
-                roles = read_user_range(roles_path, lo, hi)
-                train = steps.join(roles.filter(pl.col("role") == "train"), on=[c.USER_ID, "step"], how="semi",
-                                   maintain_order="left")
+                train = train_steps(steps, read_user_range(roles_path, lo, hi))
                 originals += train.height
                 w.write(sequential_views(train, cfg, views, seed, shard=lo))
             out[protocol] = {"training_steps": originals, "augmented_rows": w.rows, "views": views}
