@@ -40,6 +40,13 @@ from pipelines.registry import DatasetConfig
 from schemas import columns as c
 
 ROLES = ("train", "valid", "between", "test", "excluded")
+TRAIN, VALID, BETWEEN, TEST, EXCLUDED = range(len(ROLES))  # role codes: positions in ROLES
+
+
+def role_column(code: np.ndarray | pl.Series) -> pl.Series:
+    """The ``role`` column from role codes: a gather from the five names (0.07 s for 5M rows, where
+    building the strings from a numpy object array took 0.3-0.4 s and a when/then chain 0.3 s)."""
+    return pl.Series("role", ROLES, dtype=pl.String).gather(pl.Series(code).cast(pl.UInt32))
 SPLIT_FILE_FORMAT = "behavior_set_splits"
 
 
@@ -84,20 +91,19 @@ def _two_last(steps: pl.DataFrame, is_target: pl.Expr, protocol: str, short_user
     v, t = valid_of[user], test_of[user]
     code = np.select([t < 0, step < v, step == v, step < t, step == t], [0 if short_users_train else 4, 0, 1, 2, 3],
                      default=4)
-    roles = steps.select(c.USER_ID, "step").with_columns(
-        pl.Series("role", np.array(ROLES, dtype=object)[code], dtype=pl.String))
-    picked = np.flatnonzero((code == 1) | (code == 3))
-    examples = _examples_at(steps, picked, np.where(code[picked] == 1, "valid", "test"), step[picked])
+    roles = steps.select(c.USER_ID, "step").with_columns(role_column(code))
+    picked = np.flatnonzero((code == VALID) | (code == TEST))
+    examples = _examples_at(steps, picked, code[picked], step[picked])
     short = int(steps[c.USER_ID].n_unique() - last2.height)
     return Split(protocol, roles, examples, 0 if short_users_train else short,
                  note=f"{short} users without two target steps are training-only" if short_users_train else "")
 
 
 def _examples_at(steps: pl.DataFrame, rows: np.ndarray, roles: np.ndarray, history_end: np.ndarray) -> pl.DataFrame:
-    """Examples for target steps given by row positions in ``steps``."""
+    """Examples for target steps given by row positions in ``steps`` (``roles``: their role codes)."""
     picked = steps[rows]
     return picked.select(
-        c.USER_ID, pl.Series("role", roles.astype(object), dtype=pl.String), pl.col("step").alias("target_step"),
+        c.USER_ID, role_column(roles), pl.col("step").alias("target_step"),
         pl.Series("history_end", history_end.astype(np.uint32)), c.ITEM_ID, c.BEHAVIORS, c.TIMESTAMP,
     ).sort(c.USER_ID, "role", "target_step", descending=[False, True, False])
 
@@ -132,12 +138,12 @@ def session(steps: pl.DataFrame, cfg: DatasetConfig) -> Split:
     joined = steps.join(last, on=c.USER_ID, how="left", maintain_order="left")
     enough = pl.col("__last") >= 2
     role = (
-        pl.when(~enough).then(pl.lit("excluded"))
-        .when(pl.col("session") == pl.col("__last")).then(pl.lit("test"))
-        .when(pl.col("session") == pl.col("__last") - 1).then(pl.lit("valid"))
-        .otherwise(pl.lit("train"))
+        pl.when(~enough).then(EXCLUDED)
+        .when(pl.col("session") == pl.col("__last")).then(TEST)
+        .when(pl.col("session") == pl.col("__last") - 1).then(VALID)
+        .otherwise(TRAIN)
     )
-    roles = joined.select(c.USER_ID, "step", role.alias("role"))
+    roles = joined.select(c.USER_ID, "step").with_columns(role_column(joined.select(role).to_series()))
     start = steps.group_by(c.USER_ID, "session").agg(pl.col("step").min().alias("__start"))
     held = roles.filter(pl.col("role").is_in(["valid", "test"])).join(
         steps.select(c.USER_ID, "step", "session"), on=[c.USER_ID, "step"]).join(start, on=[c.USER_ID, "session"])
@@ -160,13 +166,13 @@ def temporal(steps: pl.DataFrame, cfg: DatasetConfig, valid_from_ms: int, test_f
     j = steps.join(firsts, on=c.USER_ID, how="left", maintain_order="left")
     last_target = pl.max_horizontal(pl.col("__valid").fill_null(-1), pl.col("__test").fill_null(-1))
     role = (
-        pl.when(ts < valid_from_ms).then(pl.lit("train"))
-        .when(pl.col("step") == pl.col("__valid")).then(pl.lit("valid"))
-        .when(pl.col("step") == pl.col("__test")).then(pl.lit("test"))
-        .when(pl.col("step") < last_target).then(pl.lit("between"))
-        .otherwise(pl.lit("excluded"))
+        pl.when(ts < valid_from_ms).then(TRAIN)
+        .when(pl.col("step") == pl.col("__valid")).then(VALID)
+        .when(pl.col("step") == pl.col("__test")).then(TEST)
+        .when(pl.col("step") < last_target).then(BETWEEN)
+        .otherwise(EXCLUDED)
     )
-    roles = j.select(c.USER_ID, "step", role.alias("role"))
+    roles = j.select(c.USER_ID, "step").with_columns(role_column(j.select(role).to_series()))
     examples = _examples(steps, roles.filter(pl.col("role").is_in(["valid", "test"])), history_end=pl.col("step"))
     no_eval = int(firsts.filter(pl.col("__valid").is_null() & pl.col("__test").is_null()).height)
     return Split("temporal", roles, examples, no_eval,
@@ -211,10 +217,9 @@ def released(steps: pl.DataFrame, cfg: DatasetConfig) -> Split:
         if (same & (code[1:] < code[:-1])).any():
             raise ValueError(f"dataset '{cfg.name}': a user's steps do not follow the release's file order "
                              "(train, valid, between, test); was the steps table built with merging across lines?")
-    roles = steps.select(c.USER_ID, "step").with_columns(
-        pl.Series("role", np.array(ROLES, dtype=object)[code], dtype=pl.String))
-    picked = np.flatnonzero((code == 1) | (code == 3))
-    examples = _examples_at(steps, picked, np.where(code[picked] == 1, "valid", "test"), step[picked])
+    roles = steps.select(c.USER_ID, "step").with_columns(role_column(code))
+    picked = np.flatnonzero((code == VALID) | (code == TEST))
+    examples = _examples_at(steps, picked, code[picked], step[picked])
     return Split("released", roles, examples, 0, counts=counts,
                  note="roles as released; users without a valid (test) line get no valid (test) example "
                       "(users_without_valid, users_without_test)")
