@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -66,6 +67,41 @@ def test_session_split_history_ends_at_session_start(registry):
         ("valid", 2, 2), ("valid", 3, 2), ("valid", 4, 2), ("test", 5, 5), ("test", 6, 5), ("test", 7, 5)]
     with pytest.raises(ValueError, match="no time column"):
         splits.session(make_steps(sess), registry.get("tenrec_qk_video"))
+
+
+def test_session_split_equals_its_definition_by_group_by_and_join(registry):
+    """The session split reads per-user and per-session values at run boundaries; on random
+    histories it equals the definition written with group-bys and joins. Out-of-order steps are
+    refused, and no steps give an empty split."""
+    rng = np.random.default_rng(3)
+    n_steps = rng.integers(1, 9, 400)
+    user = np.repeat(np.arange(400), n_steps)
+    step = np.concatenate([np.arange(k) for k in n_steps])
+    new_session = (rng.random(user.size) < 0.3) & (step > 0)
+    session = np.concatenate([np.cumsum(new_session[user == u]) for u in range(400)])
+    steps = pl.DataFrame({c.USER_ID: user.astype(np.uint32), "step": step.astype(np.uint32),
+                          c.ITEM_ID: rng.integers(0, 50, user.size).astype(np.uint32),
+                          c.BEHAVIORS: rng.integers(1, 16, user.size).astype(np.uint16),
+                          c.TIMESTAMP: np.arange(user.size, dtype=np.int64), "session": session.astype(np.uint32)})
+    s = splits.session(steps, registry.get("taobao"))
+
+    last = steps.group_by(c.USER_ID).agg(pl.col("session").max().alias("last"))
+    start = steps.group_by(c.USER_ID, "session").agg(pl.col("step").min().alias("start"))
+    expected = steps.join(last, on=c.USER_ID, maintain_order="left").join(
+        start, on=[c.USER_ID, "session"], maintain_order="left").with_columns(
+        pl.when(pl.col("last") < 2).then(pl.lit("excluded")).when(pl.col("session") == pl.col("last"))
+        .then(pl.lit("test")).when(pl.col("session") == pl.col("last") - 1).then(pl.lit("valid"))
+        .otherwise(pl.lit("train")).alias("role"))
+    assert s.roles.equals(expected.select(c.USER_ID, "step", "role"))
+    held = expected.filter(pl.col("role").is_in(["valid", "test"])).sort(
+        c.USER_ID, "role", "step", descending=[False, True, False])
+    assert s.examples.select(c.USER_ID, "role", "target_step", "history_end").rows() == held.select(
+        c.USER_ID, "role", "step", "start").rows()
+    assert s.users_excluded == int((last["last"] < 2).sum()) > 0
+    with pytest.raises(ValueError, match=r"\(user_id, step\) order"):
+        splits.session(steps.reverse(), registry.get("taobao"))
+    empty = splits.session(steps.head(0), registry.get("taobao"))
+    assert empty.roles.height == empty.examples.height == 0 and empty.roles.schema == s.roles.schema
 
 
 def test_temporal_split_keeps_everything_after_the_cut_out_of_training(registry):

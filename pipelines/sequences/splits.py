@@ -134,21 +134,27 @@ def session(steps: pl.DataFrame, cfg: DatasetConfig) -> Split:
     if cfg.time.unit == "none":
         raise ValueError(f"dataset '{cfg.name}' has no time column, so it has no sessions: "
                          "use the leave_one_out, eidp or temporal-free protocols")
-    last = steps.group_by(c.USER_ID).agg(pl.col("session").max().alias("__last"))
-    joined = steps.join(last, on=c.USER_ID, how="left", maintain_order="left")
-    enough = pl.col("__last") >= 2
-    role = (
-        pl.when(~enough).then(EXCLUDED)
-        .when(pl.col("session") == pl.col("__last")).then(TEST)
-        .when(pl.col("session") == pl.col("__last") - 1).then(VALID)
-        .otherwise(TRAIN)
-    )
-    roles = joined.select(c.USER_ID, "step").with_columns(role_column(joined.select(role).to_series()))
-    start = steps.group_by(c.USER_ID, "session").agg(pl.col("step").min().alias("__start"))
-    held = roles.filter(pl.col("role").is_in(["valid", "test"])).join(
-        steps.select(c.USER_ID, "step", "session"), on=[c.USER_ID, "step"]).join(start, on=[c.USER_ID, "session"])
-    examples = _examples(steps, held.select(c.USER_ID, "step", "role", "__start"), history_end=pl.col("__start"))
-    return Split("session", roles, examples, int((last["__last"] < 2).sum()))
+    # steps come in (user, step) order and a user's sessions count up from 0, so the per-user and
+    # per-session values are read at run boundaries with numpy (no group-bys or joins)
+    user = steps[c.USER_ID].to_numpy()
+    session_of = steps["session"].to_numpy().astype(np.int64)
+    step = steps["step"].to_numpy().astype(np.int64)
+    n = len(user)
+    if n == 0:
+        return Split("session", steps.select(c.USER_ID, "step").with_columns(role_column(np.zeros(0, np.uint32))),
+                     _examples_at(steps, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)), 0)
+    user_starts = np.r_[True, user[1:] != user[:-1]]
+    if (user[1:] < user[:-1]).any() or ((step[1:] <= step[:-1]) & ~user_starts[1:]).any():
+        raise ValueError("session split: steps must come in (user_id, step) order, as the steps table stores them")
+    user_run = np.cumsum(user_starts) - 1
+    last = session_of[np.r_[np.flatnonzero(user_starts)[1:] - 1, n - 1]][user_run]  # the user's last session
+    session_starts = user_starts | np.r_[True, session_of[1:] != session_of[:-1]]
+    start = step[np.flatnonzero(session_starts)][np.cumsum(session_starts) - 1]  # first step of the row's session
+    code = np.select([last < 2, session_of == last, session_of == last - 1], [EXCLUDED, TEST, VALID], default=TRAIN)
+    roles = steps.select(c.USER_ID, "step").with_columns(role_column(code))
+    picked = np.flatnonzero((code == VALID) | (code == TEST))
+    examples = _examples_at(steps, picked, code[picked], start[picked])
+    return Split("session", roles, examples, int((last[user_starts] < 2).sum()))
 
 
 def temporal(steps: pl.DataFrame, cfg: DatasetConfig, valid_from_ms: int, test_from_ms: int,
