@@ -104,6 +104,41 @@ def test_session_split_equals_its_definition_by_group_by_and_join(registry):
     assert empty.roles.height == empty.examples.height == 0 and empty.roles.schema == s.roles.schema
 
 
+def test_temporal_split_equals_its_definition_by_group_by_and_join(registry):
+    """The temporal split keeps per-user first target steps in arrays; on random histories (users
+    not in order, some ids missing) it equals the definition written with a group-by and a join."""
+    rng = np.random.default_rng(5)
+    n_steps = rng.integers(1, 12, 300)
+    ids = rng.permutation(np.arange(0, 600, 2))[:300]  # every other id, in no order
+    user = np.repeat(ids, n_steps)
+    step = np.concatenate([np.arange(k) for k in n_steps])
+    ts = np.concatenate([np.sort(rng.integers(0, 10_000, k)) for k in n_steps])
+    steps = pl.DataFrame({c.USER_ID: user.astype(np.uint32), "step": step.astype(np.uint32),
+                          c.ITEM_ID: rng.integers(0, 50, user.size).astype(np.uint32),
+                          c.BEHAVIORS: rng.integers(1, 16, user.size).astype(np.uint16),
+                          c.TIMESTAMP: ts.astype(np.int64), "session": np.zeros(user.size, np.uint32)})
+    cfg = registry.get("taobao")
+    s = splits.temporal(steps, cfg, valid_from_ms=6_000, test_from_ms=8_000)
+
+    is_t = (pl.col(c.BEHAVIORS) & splits.mask_of(cfg, cfg.targets)) != 0
+    t = pl.col(c.TIMESTAMP)
+    firsts = steps.group_by(c.USER_ID).agg(
+        pl.col("step").filter(is_t & (t >= 6_000) & (t < 8_000)).min().alias("v"),
+        pl.col("step").filter(is_t & (t >= 8_000)).min().alias("t"))
+    j = steps.join(firsts, on=c.USER_ID, maintain_order="left")
+    last = pl.max_horizontal(pl.col("v").fill_null(-1), pl.col("t").fill_null(-1))
+    role = (pl.when(t < 6_000).then(pl.lit("train")).when(pl.col("step") == pl.col("v")).then(pl.lit("valid"))
+            .when(pl.col("step") == pl.col("t")).then(pl.lit("test")).when(pl.col("step") < last)
+            .then(pl.lit("between")).otherwise(pl.lit("excluded")))
+    expected = j.select(c.USER_ID, "step", role.alias("role"))
+    assert s.roles.equals(expected) and set(expected["role"]) == set(splits.ROLES)  # every role occurs
+    held = expected.filter(pl.col("role").is_in(["valid", "test"])).sort(
+        c.USER_ID, "role", "step", descending=[False, True, False])
+    assert s.examples.select(c.USER_ID, "role", "target_step", "history_end").rows() == held.select(
+        c.USER_ID, "role", "step", pl.col("step").alias("end")).rows()
+    assert s.users_excluded == firsts.filter(pl.col("v").is_null() & pl.col("t").is_null()).height > 0
+
+
 def test_temporal_split_keeps_everything_after_the_cut_out_of_training(registry):
     s = splits.temporal(make_steps(), registry.get("taobao"), valid_from_ms=3_000_000, test_from_ms=5_000_000)
     r = roles_by_user(s)

@@ -163,24 +163,33 @@ def temporal(steps: pl.DataFrame, cfg: DatasetConfig, valid_from_ms: int, test_f
         raise ValueError(f"dataset '{cfg.name}' has no time column: a temporal split needs timestamps")
     if not valid_from_ms < test_from_ms:
         raise ValueError("temporal split: valid_from must be before test_from")
+    if steps[c.TIMESTAMP].null_count():
+        raise ValueError(f"dataset '{cfg.name}': a temporal split needs a timestamp on every step")
     t = mask_of(cfg, targets or cfg.targets)
-    ts, is_t = pl.col(c.TIMESTAMP), (pl.col(c.BEHAVIORS) & t) != 0
-    firsts = steps.group_by(c.USER_ID).agg(
-        pl.col("step").filter(is_t & (ts >= valid_from_ms) & (ts < test_from_ms)).min().alias("__valid"),
-        pl.col("step").filter(is_t & (ts >= test_from_ms)).min().alias("__test"),
-    )
-    j = steps.join(firsts, on=c.USER_ID, how="left", maintain_order="left")
-    last_target = pl.max_horizontal(pl.col("__valid").fill_null(-1), pl.col("__test").fill_null(-1))
-    role = (
-        pl.when(ts < valid_from_ms).then(TRAIN)
-        .when(pl.col("step") == pl.col("__valid")).then(VALID)
-        .when(pl.col("step") == pl.col("__test")).then(TEST)
-        .when(pl.col("step") < last_target).then(BETWEEN)
-        .otherwise(EXCLUDED)
-    )
-    roles = j.select(c.USER_ID, "step").with_columns(role_column(j.select(role).to_series()))
-    examples = _examples(steps, roles.filter(pl.col("role").is_in(["valid", "test"])), history_end=pl.col("step"))
-    no_eval = int(firsts.filter(pl.col("__valid").is_null() & pl.col("__test").is_null()).height)
+    # per-user values in arrays indexed by the dense user id (as in _two_last), no group-by or join
+    user = steps[c.USER_ID].to_numpy()
+    step = steps["step"].to_numpy().astype(np.int64)
+    ts = steps[c.TIMESTAMP].to_numpy()
+    is_t = (steps[c.BEHAVIORS].to_numpy() & t) != 0
+    size = int(user.max()) + 1 if len(user) else 0
+
+    def first_step(mask: np.ndarray) -> np.ndarray:
+        """Per user id, the smallest step among the rows of ``mask``; -1 for none."""
+        out = np.full(size, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(out, user[mask], step[mask])
+        out[out == np.iinfo(np.int64).max] = -1
+        return out
+
+    valid_of = first_step(is_t & (ts >= valid_from_ms) & (ts < test_from_ms))
+    test_of = first_step(is_t & (ts >= test_from_ms))
+    v, te = valid_of[user], test_of[user]
+    code = np.select([ts < valid_from_ms, step == v, step == te, step < np.maximum(v, te)],
+                     [TRAIN, VALID, TEST, BETWEEN], default=EXCLUDED)
+    roles = steps.select(c.USER_ID, "step").with_columns(role_column(code))
+    picked = np.flatnonzero((code == VALID) | (code == TEST))
+    examples = _examples_at(steps, picked, code[picked], step[picked])
+    present = np.unique(user)
+    no_eval = int(((valid_of[present] < 0) & (test_of[present] < 0)).sum())
     return Split("temporal", roles, examples, no_eval,
                  note=f"cut: valid from {valid_from_ms} ms, test from {test_from_ms} ms (UTC)")
 
