@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -52,7 +54,8 @@ from pipelines.registry import DatasetConfig
 from pipelines.reporting import Log
 from pipelines.sequences import splits as sp
 from pipelines.sequences.steps import EmptyPartitionError
-from pipelines.storage import NpzAppender, ParquetAppender, VersionedOutputs, write_frame, write_text_atomic
+from pipelines.storage import (ArrayBlocks, NpzAppender, NpzMember, ParquetAppender, VersionedOutputs, npz_members,
+                               write_frame, write_npz_atomic, write_text_atomic)
 from schemas import columns as c
 from schemas.columns import EVENT_COLUMNS
 
@@ -405,7 +408,7 @@ def merge_shards(cfg: DatasetConfig, raw_dir: Path, paths: DatasetLayout, log: L
                 merge_model_ready([s.model_ready(protocol, role, "parquet") for s in shards],
                                   [s.model_ready(protocol, role) for s in shards],
                                   paths.model_ready(protocol, role, "parquet"), paths.model_ready(protocol, role),
-                                  users_per_block, n_users)
+                                  role, users_per_block, n_users)
             counts[protocol] = sum((BehaviorCounts.from_dict(r["counts"][protocol]) for r in records
                                     if protocol in r["counts"]), BehaviorCounts(len(cfg.behaviors)))
         # splits with a global statistic run on the merged steps (user-range shards, as in one process)
@@ -454,28 +457,84 @@ def merge_table(parts: list[Path], target: Path, users_per_block: int, n_users: 
 
 
 def merge_model_ready(tables: list[Path], arrays: list[Path], table_target: Path, arrays_target: Path,
-                      users_per_block: int, n_users: int) -> int:
-    """Merge one role's model-ready table and, from the same blocks, its ``.npz`` arrays: each
-    shard's table and arrays hold the same examples in the same order, so the merged table's
-    blocks, in user order, are the merged arrays (the same bytes as ordering the shards' arrays by
-    user, without reading the arrays)."""
+                      role: str, users_per_block: int, n_users: int) -> int:
+    """Merge one role's model-ready arrays and table from the shards' ``.npz`` arrays.
+
+    Each shard's arrays are user-ordered and hold the same examples, in the same order, as its
+    table. A block of consecutive user ids is a contiguous row range of every shard's arrays (one
+    positioned read each), interleaved by a stable sort on the user id. The table is written from those
+    blocks (the rows and row groups ``merge_table`` writes from the shards' tables, without
+    decoding them), then each array is written from the same blocks straight into the archive (the
+    bytes of ordering the concatenated arrays by user), so no array is held whole or copied twice.
+    """
     from pipelines.sequences import model_ready
 
-    keys: list[str] = []
-    for path in arrays:  # the arrays' order in the file, as the shards wrote it
-        if path.is_file():
-            with np.load(path) as data:
-                if data.files and len(data["user_ids"]):
-                    keys = list(data.files)
-                    break
-    if keys and sorted(keys) != sorted(model_ready.FRAME_ARRAYS):
-        raise ShardError(f"{arrays_target.name}: the shards' arrays {keys} are not their tables' columns "
-                         f"{list(model_ready.FRAME_ARRAYS)}")
-    with NpzAppender(arrays_target) as out:  # no block: an empty archive, as write_npz_atomic({}) writes
-        def append(block: pl.DataFrame) -> None:
-            if not keys:
-                raise ShardError(f"{arrays_target.name}: the shards' tables have rows but their arrays have none")
-            arrays_of_block = model_ready.from_frame(block)
-            out.append({k: arrays_of_block[k] for k in keys})
+    sources: list[dict[str, NpzMember]] = []
+    user_id_arrays: list[np.ndarray] = []
+    for table, path in zip(tables, arrays, strict=True):
+        if not path.is_file():
+            continue
+        shard = npz_members(path)
+        rows = len(shard["user_ids"]) if "user_ids" in shard else 0
+        table_rows = pl.scan_parquet(table).select(pl.len()).collect().item() if table.is_file() else 0
+        if rows != table_rows:
+            raise ShardError(f"{path}: {rows} rows of arrays against {table_rows} in {table.name}")
+        if rows:
+            if sorted(shard) != sorted(model_ready.FRAME_ARRAYS):
+                raise ShardError(f"{path}: arrays {list(shard)}, expected {list(model_ready.FRAME_ARRAYS)}")
+            user_ids = shard["user_ids"].rows(0, rows)
+            if (user_ids[1:] < user_ids[:-1]).any() or user_ids[0] < 0 or user_ids[-1] >= n_users:
+                raise ShardError(f"{path}: user ids are not ordered within 0..{n_users - 1}")
+            sources.append(shard)
+            user_id_arrays.append(user_ids)
+    if not sources:  # an empty table with the shards' schema, and an empty archive
+        with NpzAppender(arrays_target):
+            pass
+        return merge_table(tables, table_target, users_per_block, n_users)
 
-        return merge_table(tables, table_target, users_per_block, n_users, on_block=append)
+    keys = list(sources[0])  # the arrays' order in the file, as the shards wrote it
+    # per block of users: each shard's row range and where its rows go in the block (a stable sort on
+    # the user id: a user's rows come from one shard and keep their order)
+    blocks: list[tuple[int, list[tuple[int, int, np.ndarray]]]] = []
+    for lo in range(0, n_users, users_per_block):
+        ranges = [(int(np.searchsorted(u, lo)), int(np.searchsorted(u, lo + users_per_block))) for u in user_id_arrays]
+        users = np.concatenate([u[a:b] for u, (a, b) in zip(user_id_arrays, ranges)])
+        where = np.empty(len(users), np.intp)
+        where[np.argsort(users, kind="stable")] = np.arange(len(users))
+        starts = np.cumsum([0] + [b - a for a, b in ranges])
+        blocks.append((len(users), [(a, b, where[starts[k]:starts[k + 1]]) for k, (a, b) in enumerate(ranges)]))
+
+    def block_of(key: str, rows: int, parts: list[tuple[int, int, np.ndarray]]) -> np.ndarray:
+        first = sources[0][key]
+        filled = [(k, part) for k, part in enumerate(parts) if part[1] > part[0]]
+        if len(filled) == 1:  # one shard holds the block: its rows are already in user order
+            k, (a, b, _) = filled[0]
+            return sources[k][key].rows(a, b)
+        out = np.empty((rows, *first.shape[1:]), first.dtype)
+        for k, (a, b, where) in filled:
+            out[where] = sources[k][key].rows(a, b)
+        return out
+
+    def write_table() -> int:
+        with ParquetAppender(table_target) as out:
+            for rows, parts in blocks:
+                out.write(model_ready.to_frame({k: block_of(k, rows, parts) for k in keys}, role))
+        return out.rows
+
+    # the table (zstd-bound) in a thread while this one writes the archive (numpy and file writes):
+    # both release the GIL; the archive is renamed into place only when the table was written
+    total = sum(len(u) for u in user_id_arrays)
+    staged = arrays_target.with_name(f".{arrays_target.name}.merge.tmp")
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-table") as pool:
+            table = pool.submit(write_table)
+            try:
+                write_npz_atomic({k: ArrayBlocks(sources[0][k].dtype, (total, *sources[0][k].shape[1:]),
+                                                 lambda k=k: (block_of(k, *b) for b in blocks)) for k in keys},
+                                 staged)
+            finally:
+                rows = table.result()
+        os.replace(staged, arrays_target)
+    finally:
+        staged.unlink(missing_ok=True)
+    return rows

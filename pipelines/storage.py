@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -87,11 +88,37 @@ def _npz_member(name: str):
     return zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
 
 
-def write_npz_atomic(arrays: Mapping[str, "np.ndarray | Callable[[], np.ndarray]"], path: Path) -> Path:
+@dataclass(frozen=True)
+class ArrayBlocks:
+    """An array given as blocks along its first axis, for ``write_npz_atomic`` to write without
+    holding it: ``shape`` is the whole array's, ``blocks()`` yields C-ordered blocks of ``dtype``
+    whose rows add up to ``shape[0]``."""
+
+    dtype: "np.dtype"
+    shape: tuple[int, ...]
+    blocks: Callable[[], Iterable["np.ndarray"]]
+
+    def write(self, f) -> None:
+        """The ``.npy`` bytes of the concatenated blocks, block by block."""
+        f.write(_npy_header(self.dtype, self.shape))
+        rows = 0
+        for block in self.blocks():
+            if block.dtype != self.dtype or block.shape[1:] != tuple(self.shape[1:]):
+                raise ValueError(f"block is {block.dtype}{list(block.shape[1:])}, declared "
+                                 f"{np.dtype(self.dtype)}{list(self.shape[1:])}")
+            if block.size:
+                f.write(memoryview(np.ascontiguousarray(block)).cast("B"))
+            rows += block.shape[0]
+        if rows != self.shape[0]:
+            raise ValueError(f"blocks hold {rows} rows, declared {self.shape[0]}")
+
+
+def write_npz_atomic(arrays: Mapping[str, "np.ndarray | Callable[[], np.ndarray] | ArrayBlocks"],
+                     path: Path) -> Path:
     """``np.savez`` layout (``np.load`` reads it), but with fixed zip timestamps: same arrays, same bytes.
 
     A value may be a function returning the array: it is called when that array is written, so only
-    one such array is in memory at a time."""
+    one such array is in memory at a time; or ``ArrayBlocks``, written block by block."""
     import zipfile
 
     import numpy as np
@@ -102,11 +129,67 @@ def write_npz_atomic(arrays: Mapping[str, "np.ndarray | Callable[[], np.ndarray]
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             for name, arr in arrays.items():
                 with zf.open(_npz_member(name), "w", force_zip64=True) as f:
-                    np.lib.format.write_array(f, np.asanyarray(arr() if callable(arr) else arr), allow_pickle=False)
+                    if isinstance(arr, ArrayBlocks):
+                        arr.write(f)
+                    else:
+                        np.lib.format.write_array(f, np.asanyarray(arr() if callable(arr) else arr),
+                                                  allow_pickle=False)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+@dataclass(frozen=True)
+class NpzMember:
+    """Where one array of an uncompressed ``.npz`` lies in the file: ``rows(a, b)`` reads rows
+    [a, b) with one positioned read, without loading the rest of the array."""
+
+    path: Path
+    offset: int
+    dtype: "np.dtype"
+    shape: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def rows(self, start: int, stop: int) -> "np.ndarray":
+        start, stop = max(0, start), min(stop, self.shape[0])
+        tail = tuple(self.shape[1:])
+        per_row = int(np.prod(tail, dtype=np.int64))
+        if stop <= start or per_row == 0:
+            return np.empty((max(0, stop - start), *tail), self.dtype)
+        return np.fromfile(self.path, dtype=self.dtype, count=(stop - start) * per_row,
+                           offset=self.offset + start * per_row * self.dtype.itemsize).reshape(-1, *tail)
+
+
+def npz_members(path: Path) -> dict[str, NpzMember]:
+    """The arrays of an uncompressed ``.npz`` (``write_npz_atomic``, ``NpzAppender``, ``np.savez``),
+    in the archive's order, located but not read: a reader that needs a range of rows of each (the
+    shard merge) reads only those."""
+    import struct
+    import zipfile
+
+    out: dict[str, NpzMember] = {}
+    with zipfile.ZipFile(path) as zf, open(path, "rb") as f:
+        for info in zf.infolist():
+            if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
+                raise ValueError(f"{path.name}: member {info.filename} is not a stored .npy array")
+            f.seek(info.header_offset)
+            local = f.read(30)
+            if local[:4] != b"PK\x03\x04":
+                raise ValueError(f"{path.name}: no local header for {info.filename}")
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            f.seek(info.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            name = info.filename[:-len(".npy")]
+            if dtype.hasobject or (fortran and len(shape) > 1):
+                raise ValueError(f"{path.name}: {name} is not a C-ordered array of plain values")
+            out[name] = NpzMember(path, f.tell(), dtype, tuple(shape))
+    return out
 
 
 class NpzAppender:

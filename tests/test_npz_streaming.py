@@ -9,8 +9,8 @@ import pytest
 import polars as pl
 
 from pipelines.sequences import model_ready
-from pipelines.shards import merge_model_ready
-from pipelines.storage import NpzAppender, write_frame, write_npz_atomic
+from pipelines.shards import ShardError, merge_model_ready, merge_table
+from pipelines.storage import ArrayBlocks, NpzAppender, npz_members, write_frame, write_npz_atomic
 
 
 def blocks(seed: int = 0) -> list[dict[str, np.ndarray]]:
@@ -83,7 +83,7 @@ def test_merging_shards_model_ready_gives_the_user_ordered_bytes_from_the_tables
     write_frame(model_ready.to_frame(empty, "test"), tmp_path / "no_rows.parquet")
     tables.append(tmp_path / "no_rows.parquet")
 
-    n = merge_model_ready(tables, arrays, tmp_path / "merged.parquet", tmp_path / "merged.npz",
+    n = merge_model_ready(tables, arrays, tmp_path / "merged.parquet", tmp_path / "merged.npz", "test",
                           users_per_block=7, n_users=40)
     whole = {key: np.concatenate([a[key] for a in loaded]) for key in loaded[0]}
     order = np.argsort(whole["user_ids"], kind="stable")
@@ -92,7 +92,68 @@ def test_merging_shards_model_ready_gives_the_user_ordered_bytes_from_the_tables
     assert (tmp_path / "merged.npz").read_bytes() == (tmp_path / "expected.npz").read_bytes()
     merged = pl.read_parquet(tmp_path / "merged.parquet")
     assert merged.equals(model_ready.to_frame({key: v[order] for key, v in whole.items()}, "test"))
+    # the table, written from the arrays, has the bytes (row groups included) of merging the tables
+    assert merge_table(tables, tmp_path / "from_tables.parquet", 7, 40) == n
+    assert (tmp_path / "merged.parquet").read_bytes() == (tmp_path / "from_tables.parquet").read_bytes()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no scratch left
 
     # no rows in any shard: an empty table and an empty archive
-    assert merge_model_ready(tables[-2:], arrays[-2:], tmp_path / "e.parquet", tmp_path / "e.npz", 7, 40) == 0
+    assert merge_model_ready(tables[-2:], arrays[-2:], tmp_path / "e.parquet", tmp_path / "e.npz", "test", 7, 40) == 0
     assert (tmp_path / "e.npz").read_bytes() == write_npz_atomic({}, tmp_path / "e2.npz").read_bytes()
+
+
+def test_a_shard_whose_arrays_disagree_with_its_table_is_refused_and_nothing_is_published(tmp_path):
+    rng = np.random.default_rng(1)
+    a = model_ready_arrays(rng, np.arange(10))
+    write_npz_atomic(a, tmp_path / "s.npz")
+    write_frame(model_ready.to_frame({k: v[:-1] for k, v in a.items()}, "valid"), tmp_path / "s.parquet")
+    (tmp_path / "merged.npz").write_bytes(b"previous")
+    with pytest.raises(ShardError, match="rows of arrays against"):
+        merge_model_ready([tmp_path / "s.parquet"], [tmp_path / "s.npz"], tmp_path / "merged.parquet",
+                          tmp_path / "merged.npz", "valid", 4, 10)
+    assert (tmp_path / "merged.npz").read_bytes() == b"previous"
+    assert not (tmp_path / "merged.parquet").exists()
+
+    unordered = {k: v[::-1].copy() for k, v in a.items()}
+    write_npz_atomic(unordered, tmp_path / "u.npz")
+    write_frame(model_ready.to_frame(unordered, "valid"), tmp_path / "u.parquet")
+    with pytest.raises(ShardError, match="not ordered"):
+        merge_model_ready([tmp_path / "u.parquet"], [tmp_path / "u.npz"], tmp_path / "merged.parquet",
+                          tmp_path / "merged.npz", "valid", 4, 10)
+
+
+def test_npz_members_read_any_row_range_of_every_writer_s_archives(tmp_path):
+    rng = np.random.default_rng(2)
+    arrays = {"items": rng.integers(0, 9, (23, 50)).astype(np.int32), "lengths": np.arange(23, dtype=np.int64),
+              "cube": rng.random((23, 3, 2)), "none": np.zeros((0, 4), np.int16)}
+    write_npz_atomic(arrays, tmp_path / "atomic.npz")
+    with NpzAppender(tmp_path / "appended.npz") as out:
+        out.append({k: v[:10] for k, v in arrays.items() if k != "none"})
+        out.append({k: v[10:] for k, v in arrays.items() if k != "none"})
+    np.savez(tmp_path / "numpy.npz", **arrays)
+    for name in ("atomic.npz", "appended.npz", "numpy.npz"):
+        members = npz_members(tmp_path / name)
+        assert list(members) == [k for k in arrays if name != "appended.npz" or k != "none"]
+        for key, member in members.items():
+            assert len(member) == len(arrays[key]) and member.dtype == arrays[key].dtype
+            for a, b in ((0, 23), (5, 6), (7, 7), (20, 99), (0, 0)):
+                np.testing.assert_array_equal(member.rows(a, b), arrays[key][a:b])
+                assert member.rows(a, b).shape == arrays[key][a:b].shape
+    np.savez_compressed(tmp_path / "deflated.npz", **arrays)
+    with pytest.raises(ValueError, match="not a stored .npy array"):
+        npz_members(tmp_path / "deflated.npz")
+
+
+def test_array_blocks_write_the_bytes_of_the_whole_array_and_check_what_they_declare(tmp_path):
+    rng = np.random.default_rng(3)
+    items, lengths = rng.integers(0, 9, (30, 50)).astype(np.int32), np.arange(30, dtype=np.int32)
+    cuts = [0, 4, 4, 17, 30]  # an empty block too
+    write_npz_atomic({"items": ArrayBlocks(items.dtype, items.shape, lambda: (items[a:b] for a, b in zip(cuts, cuts[1:]))),
+                      "lengths": lengths}, tmp_path / "blocks.npz")
+    write_npz_atomic({"items": items, "lengths": lengths}, tmp_path / "whole.npz")
+    assert (tmp_path / "blocks.npz").read_bytes() == (tmp_path / "whole.npz").read_bytes()
+    for wrong, match in ((ArrayBlocks(items.dtype, (31, 50), lambda: [items]), "hold 30 rows, declared 31"),
+                         (ArrayBlocks(np.dtype(np.int64), items.shape, lambda: [items]), "declared int64")):
+        with pytest.raises(ValueError, match=match):
+            write_npz_atomic({"items": wrong}, tmp_path / "wrong.npz")
+        assert not (tmp_path / "wrong.npz").exists()
