@@ -53,6 +53,7 @@ from pipelines.locks import dataset_lock
 from pipelines.registry import DatasetConfig
 from pipelines.reporting import Log
 from pipelines.sequences import splits as sp
+from pipelines.parallel import ordered_map
 from pipelines.sequences.steps import EmptyPartitionError
 from pipelines.storage import (ArrayBlocks, NpzAppender, NpzMember, ParquetAppender, VersionedOutputs, npz_members,
                                write_frame, write_npz_atomic, write_text_atomic)
@@ -363,11 +364,36 @@ def merge_shards(cfg: DatasetConfig, raw_dir: Path, paths: DatasetLayout, log: L
     rows_kept = sum(r["rows_kept"] for r in records)
     users_per_block = max(1, math.ceil(n_users / max(1, math.ceil(rows_kept / rows_per_block))))
 
+    protocols = sorted({p for r in records for p in r["protocols"]}, key=sp.PROTOCOLS.index)
     with dataset_lock(paths.outputs_dir, f"shard merge of {cfg.name}", log=log):
+        for protocol in protocols:
+            shutil.rmtree(paths.split_dir(protocol), ignore_errors=True)
         # ingest: one version with the same files a single-machine ingest publishes
         with VersionedOutputs(paths.ingest_dir()) as staged:
-            merge_table([s.events() for s in shards], staged.path(INGEST_FILES["events"]), users_per_block,
-                        n_users, _events_metadata(cfg))
+            # every per-user table is merged on its own: two at a time (polars decoding and the zstd
+            # writes release the GIL), each writing its own file, so the bytes do not depend on it
+            jobs: dict[tuple[str, str], Callable[[], int]] = {
+                ("ingest", "events"): lambda: merge_table([s.events() for s in shards],
+                                                          staged.path(INGEST_FILES["events"]), users_per_block,
+                                                          n_users, _events_metadata(cfg)),
+                ("sequences", "steps"): lambda: merge_table([s.steps() for s in shards], paths.steps(),
+                                                            users_per_block, n_users, {"mbrec.order": "user_id, step"})}
+            for protocol in protocols:
+                for role in ("train", "valid", "test"):  # the largest files first
+                    jobs[(protocol, role)] = lambda protocol=protocol, role=role: merge_model_ready(
+                        [s.model_ready(protocol, role, "parquet") for s in shards],
+                        [s.model_ready(protocol, role) for s in shards],
+                        paths.model_ready(protocol, role, "parquet"), paths.model_ready(protocol, role),
+                        role, users_per_block, n_users)
+                for name, target, part in (
+                        ("roles", paths.roles(protocol), lambda s, p=protocol: s.roles(p)),
+                        ("examples", paths.examples(protocol), lambda s, p=protocol: s.examples(p)),
+                        ("examples_unfiltered", paths.examples(protocol, filtered=False),
+                         lambda s, p=protocol: s.examples(p, False)),
+                        ("train_examples", paths.train_examples(protocol), lambda s, p=protocol: s.train_examples(p))):
+                    jobs[(protocol, name)] = lambda target=target, part=part: merge_table(
+                        [part(s) for s in shards], target, users_per_block, n_users)
+            rows = dict(zip(jobs, ordered_map(lambda job: job(), list(jobs.values())), strict=True))
             for key in ("user_id_map", "item_id_map", "item_side_info"):
                 shutil.copyfile(ids / INGEST_FILES[key], staged.path(INGEST_FILES[key]))
             shutil.copyfile(paths.shard_map_dir() / INGEST_FILES["quarantine"], staged.path(INGEST_FILES["quarantine"]))
@@ -385,30 +411,14 @@ def merge_shards(cfg: DatasetConfig, raw_dir: Path, paths: DatasetLayout, log: L
                 staged.path(name).write_text(text)
             staged.publish()
         log(f"{cfg.name}: merged {rows_kept:,} events from {m.shards} shards")
-        # steps, then every per-user split's tables and arrays
-        n_steps = merge_table([s.steps() for s in shards], paths.steps(), users_per_block, n_users,
-                              {"mbrec.order": "user_id, step"})
+        n_steps = rows[("sequences", "steps")]
         if n_steps == 0:
             raise EmptyPartitionError(f"dataset '{cfg.name}': cleaning left no events in any shard; loosen "
                                       f"datasets.{cfg.name}.stages.sequences")
-        protocols = sorted({p for r in records for p in r["protocols"]}, key=sp.PROTOCOLS.index)
         counts: dict[str, BehaviorCounts] = {}
         for protocol in protocols:
-            shutil.rmtree(paths.split_dir(protocol), ignore_errors=True)
-            examples = 0
-            for target, part in ((paths.roles(protocol), lambda s: s.roles(protocol)),
-                                 (paths.examples(protocol), lambda s: s.examples(protocol)),
-                                 (paths.examples(protocol, filtered=False), lambda s: s.examples(protocol, False)),
-                                 (paths.train_examples(protocol), lambda s: s.train_examples(protocol))):
-                rows = merge_table([part(s) for s in shards], target, users_per_block, n_users)
-                examples = rows if target == paths.examples(protocol) else examples
-            if examples == 0:
+            if rows[(protocol, "examples")] == 0:
                 raise EmptyPartitionError(f"dataset '{cfg.name}', split {protocol}: no user has enough target steps")
-            for role in ("train", "valid", "test"):
-                merge_model_ready([s.model_ready(protocol, role, "parquet") for s in shards],
-                                  [s.model_ready(protocol, role) for s in shards],
-                                  paths.model_ready(protocol, role, "parquet"), paths.model_ready(protocol, role),
-                                  role, users_per_block, n_users)
             counts[protocol] = sum((BehaviorCounts.from_dict(r["counts"][protocol]) for r in records
                                     if protocol in r["counts"]), BehaviorCounts(len(cfg.behaviors)))
         # splits with a global statistic run on the merged steps (user-range shards, as in one process)
