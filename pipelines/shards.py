@@ -296,7 +296,7 @@ def shard_sequences(cfg: DatasetConfig, paths: DatasetLayout, k: int, log: Log =
             if split.applicable:
                 summary.protocols[protocol] = asdict(split)
                 summary.counts[protocol] = training_counts(shard, protocol, len(cfg.behaviors)).to_dict()
-        stage.materialize_model_ready(cfg, shard, log=quiet)
+        stage.materialize_model_ready(cfg, shard, log=quiet, tables=False)  # the merge writes the tables
     summary.seconds = round(time.perf_counter() - started, 3)
     write_text_atomic(json.dumps(asdict(summary), indent=1) + "\n", shard.shard_summary())
     log(f"{cfg.name} shard {k}: {rows_kept:,} events, {summary.steps:,} steps, {summary.users:,} users "
@@ -381,7 +381,6 @@ def merge_shards(cfg: DatasetConfig, raw_dir: Path, paths: DatasetLayout, log: L
             for protocol in protocols:
                 for role in ("train", "valid", "test"):  # the largest files first
                     jobs[(protocol, role)] = lambda protocol=protocol, role=role: merge_model_ready(
-                        [s.model_ready(protocol, role, "parquet") for s in shards],
                         [s.model_ready(protocol, role) for s in shards],
                         paths.model_ready(protocol, role, "parquet"), paths.model_ready(protocol, role),
                         role, users_per_block, n_users)
@@ -466,41 +465,44 @@ def merge_table(parts: list[Path], target: Path, users_per_block: int, n_users: 
         return out.rows
 
 
-def merge_model_ready(tables: list[Path], arrays: list[Path], table_target: Path, arrays_target: Path,
-                      role: str, users_per_block: int, n_users: int) -> int:
-    """Merge one role's model-ready arrays and table from the shards' ``.npz`` arrays.
+def merge_model_ready(arrays: list[Path], table_target: Path, arrays_target: Path, role: str,
+                      users_per_block: int, n_users: int) -> int:
+    """Merge one role's model-ready arrays, and write its table, from the shards' ``.npz`` arrays
+    (a shard run writes no model-ready tables).
 
-    Each shard's arrays are user-ordered and hold the same examples, in the same order, as its
-    table. A block of consecutive user ids is a contiguous row range of every shard's arrays (one
-    positioned read each), interleaved by a stable sort on the user id. The table is written from those
-    blocks (the rows and row groups ``merge_table`` writes from the shards' tables, without
-    decoding them), then each array is written from the same blocks straight into the archive (the
-    bytes of ordering the concatenated arrays by user), so no array is held whole or copied twice.
+    A block of consecutive user ids is a contiguous row range of every shard's arrays (one
+    positioned read each), interleaved by a stable sort on the user id. The table is written from
+    those blocks (``to_frame``, one row group per block as ``merge_table`` writes), then each array
+    is written from the same blocks straight into the archive (the bytes of ordering the
+    concatenated arrays by user), so no array is held whole or copied twice.
     """
     from pipelines.sequences import model_ready
 
     sources: list[dict[str, NpzMember]] = []
     user_id_arrays: list[np.ndarray] = []
-    for table, path in zip(tables, arrays, strict=True):
+    empty: dict[str, np.ndarray] | None = None  # a shard's arrays without rows: the empty table's schema
+    for path in arrays:
         if not path.is_file():
             continue
         shard = npz_members(path)
-        rows = len(shard["user_ids"]) if "user_ids" in shard else 0
-        table_rows = pl.scan_parquet(table).select(pl.len()).collect().item() if table.is_file() else 0
-        if rows != table_rows:
-            raise ShardError(f"{path}: {rows} rows of arrays against {table_rows} in {table.name}")
+        if shard and sorted(shard) != sorted(model_ready.FRAME_ARRAYS):
+            raise ShardError(f"{path}: arrays {list(shard)}, expected {list(model_ready.FRAME_ARRAYS)}")
+        rows = len(shard["user_ids"]) if shard else 0
+        if shard and not rows and empty is None:
+            empty = {k: member.rows(0, 0) for k, member in shard.items()}
         if rows:
-            if sorted(shard) != sorted(model_ready.FRAME_ARRAYS):
-                raise ShardError(f"{path}: arrays {list(shard)}, expected {list(model_ready.FRAME_ARRAYS)}")
             user_ids = shard["user_ids"].rows(0, rows)
             if (user_ids[1:] < user_ids[:-1]).any() or user_ids[0] < 0 or user_ids[-1] >= n_users:
                 raise ShardError(f"{path}: user ids are not ordered within 0..{n_users - 1}")
             sources.append(shard)
             user_id_arrays.append(user_ids)
-    if not sources:  # an empty table with the shards' schema, and an empty archive
+    if not sources:  # an empty table (with the arrays' schema when a shard wrote empty arrays), an empty archive
+        with ParquetAppender(table_target) as out:
+            if empty is not None:
+                out.write(model_ready.to_frame(empty, role))
         with NpzAppender(arrays_target):
             pass
-        return merge_table(tables, table_target, users_per_block, n_users)
+        return 0
 
     keys = list(sources[0])  # the arrays' order in the file, as the shards wrote it
     # per block of users: each shard's row range and where its rows go in the block (a stable sort on

@@ -83,7 +83,7 @@ def test_merging_shards_model_ready_gives_the_user_ordered_bytes_from_the_tables
     write_frame(model_ready.to_frame(empty, "test"), tmp_path / "no_rows.parquet")
     tables.append(tmp_path / "no_rows.parquet")
 
-    n = merge_model_ready(tables, arrays, tmp_path / "merged.parquet", tmp_path / "merged.npz", "test",
+    n = merge_model_ready(arrays, tmp_path / "merged.parquet", tmp_path / "merged.npz", "test",
                           users_per_block=7, n_users=40)
     whole = {key: np.concatenate([a[key] for a in loaded]) for key in loaded[0]}
     order = np.argsort(whole["user_ids"], kind="stable")
@@ -98,28 +98,25 @@ def test_merging_shards_model_ready_gives_the_user_ordered_bytes_from_the_tables
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no scratch left
 
     # no rows in any shard: an empty table and an empty archive
-    assert merge_model_ready(tables[-2:], arrays[-2:], tmp_path / "e.parquet", tmp_path / "e.npz", "test", 7, 40) == 0
+    assert merge_model_ready(arrays[-2:], tmp_path / "e.parquet", tmp_path / "e.npz", "test", 7, 40) == 0
     assert (tmp_path / "e.npz").read_bytes() == write_npz_atomic({}, tmp_path / "e2.npz").read_bytes()
+    assert merge_table(tables[-2:], tmp_path / "e_tables.parquet", 7, 40) == 0  # the empty shard table's schema
+    assert (tmp_path / "e.parquet").read_bytes() == (tmp_path / "e_tables.parquet").read_bytes()
 
 
-def test_a_shard_whose_arrays_disagree_with_its_table_is_refused_and_nothing_is_published(tmp_path):
+def test_shard_arrays_out_of_user_order_or_with_other_keys_are_refused_and_nothing_is_published(tmp_path):
     rng = np.random.default_rng(1)
     a = model_ready_arrays(rng, np.arange(10))
-    write_npz_atomic(a, tmp_path / "s.npz")
-    write_frame(model_ready.to_frame({k: v[:-1] for k, v in a.items()}, "valid"), tmp_path / "s.parquet")
-    (tmp_path / "merged.npz").write_bytes(b"previous")
-    with pytest.raises(ShardError, match="rows of arrays against"):
-        merge_model_ready([tmp_path / "s.parquet"], [tmp_path / "s.npz"], tmp_path / "merged.parquet",
-                          tmp_path / "merged.npz", "valid", 4, 10)
-    assert (tmp_path / "merged.npz").read_bytes() == b"previous"
-    assert not (tmp_path / "merged.parquet").exists()
-
     unordered = {k: v[::-1].copy() for k, v in a.items()}
     write_npz_atomic(unordered, tmp_path / "u.npz")
-    write_frame(model_ready.to_frame(unordered, "valid"), tmp_path / "u.parquet")
+    (tmp_path / "merged.npz").write_bytes(b"previous")
     with pytest.raises(ShardError, match="not ordered"):
-        merge_model_ready([tmp_path / "u.parquet"], [tmp_path / "u.npz"], tmp_path / "merged.parquet",
-                          tmp_path / "merged.npz", "valid", 4, 10)
+        merge_model_ready([tmp_path / "u.npz"], tmp_path / "merged.parquet", tmp_path / "merged.npz", "valid", 4, 10)
+    write_npz_atomic({**a, "extra": a["lengths"]}, tmp_path / "x.npz")
+    with pytest.raises(ShardError, match="expected"):
+        merge_model_ready([tmp_path / "x.npz"], tmp_path / "merged.parquet", tmp_path / "merged.npz", "valid", 4, 10)
+    assert (tmp_path / "merged.npz").read_bytes() == b"previous"
+    assert not (tmp_path / "merged.parquet").exists()
 
 
 def test_npz_members_read_any_row_range_of_every_writer_s_archives(tmp_path):

@@ -63,6 +63,14 @@ def test_many_shards_give_the_same_tables_as_one(taobao, tmp_path):
             with np.load(paths.stage_dir("model_ready") / protocol / f"{role}.npz") as x, \
                     np.load(many.stage_dir("model_ready") / protocol / f"{role}.npz") as y:
                 assert all(np.array_equal(x[k], y[k]) for k in x.files)
+    # a shard run writes the arrays only: the same bytes, no tables
+    shutil.rmtree(many.stage_dir("model_ready"))
+    materialize_model_ready(cfg, many, log=lambda _: None, rows_per_shard=7_000, examples_per_block=37, tables=False)
+    for protocol in ("leave_one_out", "temporal", "session"):
+        assert not list((many.stage_dir("model_ready") / protocol).glob("*.parquet"))
+        for role in ("train", "valid", "test"):
+            npz = f"{protocol}/{role}.npz"
+            assert (paths.stage_dir("model_ready") / npz).read_bytes() == (many.stage_dir("model_ready") / npz).read_bytes()
 
 
 def test_training_targets_can_be_filtered_too(taobao, tmp_path):

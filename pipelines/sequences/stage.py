@@ -227,9 +227,14 @@ def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, lo
 def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
                             rows_per_shard: int = ROWS_PER_SHARD,
                             protocols: tuple[str, ...] = sp.PROTOCOLS,
-                            examples_per_block: int = EXAMPLES_PER_BLOCK) -> dict[str, dict[str, int]]:
+                            examples_per_block: int = EXAMPLES_PER_BLOCK,
+                            tables: bool = True) -> dict[str, dict[str, int]]:
     """train/valid/test arrays per materialized split: parquet (Array columns) and .npz, built
-    ``examples_per_block`` examples at a time (each holds up to max_len history rows meanwhile)."""
+    ``examples_per_block`` examples at a time (each holds up to max_len history rows meanwhile).
+    ``tables=False`` writes the .npz only (a shard run: the merge writes the dataset's tables from
+    the shards' arrays)."""
+    from contextlib import nullcontext
+
     from pipelines.sequences import model_ready
 
     opts = SequenceOptions.of(cfg)
@@ -241,9 +246,9 @@ def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = 
             continue
         # the arrays stream to their .npz files shard by shard (at 100M Taobao events the session
         # protocol's arrays alone are about 15 GB)
-        with (ParquetAppender(paths.model_ready(protocol, "train", "parquet")) as w_train,
-              ParquetAppender(paths.model_ready(protocol, "valid", "parquet")) as w_valid,
-              ParquetAppender(paths.model_ready(protocol, "test", "parquet")) as w_test,
+        table = (lambda role: ParquetAppender(paths.model_ready(protocol, role, "parquet"))) if tables else \
+            (lambda role: nullcontext())
+        with (table("train") as w_train, table("valid") as w_valid, table("test") as w_test,
               NpzAppender(paths.model_ready(protocol, "train")) as a_train,
               NpzAppender(paths.model_ready(protocol, "valid")) as a_valid,
               NpzAppender(paths.model_ready(protocol, "test")) as a_test):
@@ -259,12 +264,13 @@ def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = 
                                  ("test", examples.filter(pl.col("role") == "test"))):
                     for start in range(0, max(ex.height, 1), examples_per_block):
                         a = model_ready.build(steps, ex.slice(start, examples_per_block), opts.max_len)
-                        out.append((role, a, model_ready.to_frame(a, role)))
+                        out.append((role, a, model_ready.to_frame(a, role) if tables else None))
                 return out
 
             for shard in ordered_map(shard_arrays, shards):
                 for role, a, frame in shard:
-                    writers[role].write(frame)
+                    if frame is not None:
+                        writers[role].write(frame)
                     arrays[role].append(a)
         summary[protocol] = {role: a.rows.get("user_ids", 0) for role, a in arrays.items()}
         log(f"{cfg.name}/{protocol}: model-ready {summary[protocol]}")
