@@ -122,6 +122,7 @@ def single_machine(csv: Path, work: Path, per_stage: bool) -> float:
     if not per_stage:
         wall_single, peak_single = timed_process(SINGLE, env)
         print(f"in-process chain: {wall_single:.1f} s, peak RSS {peak_single:,.0f} MB", flush=True)
+        shutil.rmtree(root, ignore_errors=True)  # (at 100M rows its outputs are about 25 GB of disk)
         return wall_single
     from pipelines.sequences import splits as sp
 
@@ -135,6 +136,7 @@ def single_machine(csv: Path, work: Path, per_stage: bool) -> float:
         print(f"  single machine, {name}: {wall:.1f} s, peak RSS {peak:,.0f} MB", flush=True)
     print(f"single-machine chain, one process per stage: {total:.1f} s, largest peak RSS "
           f"{max(peaks.values()):,.0f} MB ({max(peaks, key=peaks.get)})", flush=True)
+    shutil.rmtree(root, ignore_errors=True)
     return total
 
 
