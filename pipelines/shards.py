@@ -34,6 +34,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -516,15 +517,28 @@ def merge_model_ready(arrays: list[Path], table_target: Path, arrays_target: Pat
         starts = np.cumsum([0] + [b - a for a, b in ranges])
         blocks.append((len(users), [(a, b, where[starts[k]:starts[k + 1]]) for k, (a, b) in enumerate(ranges)]))
 
+    # one buffer per thread and array (the table thread and this one each build a block at a time, and
+    # a block is written before the next is built): reused, they spare faulting in fresh pages for
+    # every block, which was a third of the merge's CPU time at 100M rows
+    buffers = threading.local()
+    largest = max(rows for rows, _ in blocks)
+
+    def buffer(name: tuple, member: NpzMember) -> np.ndarray:
+        pool = buffers.__dict__.setdefault("pool", {})
+        if name not in pool:
+            pool[name] = np.empty(largest * int(np.prod(member.shape[1:], dtype=np.int64)), member.dtype)
+        return pool[name]
+
     def block_of(key: str, rows: int, parts: list[tuple[int, int, np.ndarray]]) -> np.ndarray:
         first = sources[0][key]
         filled = [(k, part) for k, part in enumerate(parts) if part[1] > part[0]]
         if len(filled) == 1:  # one shard holds the block: its rows are already in user order
             k, (a, b, _) = filled[0]
-            return sources[k][key].rows(a, b)
-        out = np.empty((rows, *first.shape[1:]), first.dtype)
+            return sources[k][key].rows(a, b, buffer(("out", key), first))
+        out = buffer(("out", key), first)[:rows * int(np.prod(first.shape[1:], dtype=np.int64))]
+        out = out.reshape(rows, *first.shape[1:])
         for k, (a, b, where) in filled:
-            out[where] = sources[k][key].rows(a, b)
+            out[where] = sources[k][key].rows(a, b, buffer(("in", key), first))
         return out
 
     def write_table() -> int:

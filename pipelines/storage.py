@@ -153,14 +153,27 @@ class NpzMember:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def rows(self, start: int, stop: int) -> "np.ndarray":
+    def rows(self, start: int, stop: int, buffer: "np.ndarray | None" = None) -> "np.ndarray":
+        """Rows [start, stop). With ``buffer`` (a flat array of this dtype, large enough), they are
+        read into it and the result is a view of it: a caller reading many blocks reuses one buffer
+        instead of faulting in fresh pages for every block."""
         start, stop = max(0, start), min(stop, self.shape[0])
         tail = tuple(self.shape[1:])
         per_row = int(np.prod(tail, dtype=np.int64))
         if stop <= start or per_row == 0:
             return np.empty((max(0, stop - start), *tail), self.dtype)
-        return np.fromfile(self.path, dtype=self.dtype, count=(stop - start) * per_row,
-                           offset=self.offset + start * per_row * self.dtype.itemsize).reshape(-1, *tail)
+        count = (stop - start) * per_row
+        offset = self.offset + start * per_row * self.dtype.itemsize
+        if buffer is None:
+            return np.fromfile(self.path, dtype=self.dtype, count=count, offset=offset).reshape(-1, *tail)
+        if buffer.dtype != self.dtype or buffer.size < count:
+            raise ValueError(f"buffer of {buffer.size} {buffer.dtype} for {count} {self.dtype}")
+        out = buffer[:count]
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            if f.readinto(memoryview(out).cast("B")) != out.nbytes:
+                raise ValueError(f"{self.path.name}: fewer bytes than the array's header says")
+        return out.reshape(-1, *tail)
 
 
 def npz_members(path: Path) -> dict[str, NpzMember]:
