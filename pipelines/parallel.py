@@ -14,19 +14,22 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from pipelines.process import available_cpus
+
 T = TypeVar("T")
 R = TypeVar("R")
 _DONE = object()
 
 
 def shard_workers() -> int:
-    """Threads for shard work: ``MBREC_SHARD_WORKERS`` if set, else 2 (or 1 on a single core)."""
+    """Threads for shard work: ``MBREC_SHARD_WORKERS`` if set, else 2, or 1 where this process may
+    run on one CPU only (one core, or a worker pinned to one: ``pipelines.process.available_cpus``)."""
     value = os.environ.get("MBREC_SHARD_WORKERS")
     if value is not None:
         if not value.isdigit() or int(value) < 1:
             raise ValueError(f"MBREC_SHARD_WORKERS must be a positive integer, got {value!r}")
         return int(value)
-    return min(2, os.cpu_count() or 1)
+    return min(2, available_cpus())
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> Iterator[R]:
