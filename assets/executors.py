@@ -12,6 +12,13 @@
   share the Dagster instance (PostgreSQL, deploy/dagster-instance-postgres.yaml) and the data root
   (a shared POSIX file system, deploy/README.md).
 
+``shard_step_tags()``: with ``MBREC_CELERY_SHARD_QUEUE`` set, the shard runs' steps (the per-shard
+assets and their checks) go to that Celery queue, the dataset-level steps to the default one, so a
+platform can size two worker pools apart: many small shard workers (one core each, e.g. started
+under ``taskset -c <core>`` or in one-CPU pods; the stages then run one thread, see
+``pipelines.process.available_cpus``) and a few larger workers for the merge and what follows it.
+Unset (the default), every step goes to the default queue.
+
 ``dagster_celery`` is imported only for ``celery``; it comes with ``pip install -e '.[cluster]'``.
 
 ``k8s_run_tags(cpu, memory)`` gives the ``dagster-k8s/config`` run tag that the K8sRunLauncher reads
@@ -28,6 +35,8 @@ import dagster as dg
 EXECUTOR_ENV = "MBREC_EXECUTOR"
 CELERY_BROKER_ENV = "MBREC_CELERY_BROKER"
 CELERY_BACKEND_ENV = "MBREC_CELERY_BACKEND"
+SHARD_QUEUE_ENV = "MBREC_CELERY_SHARD_QUEUE"
+CELERY_QUEUE_TAG = "dagster-celery/queue"  # dagster_celery.tags.DAGSTER_CELERY_QUEUE_TAG, a literal (optional extra)
 DEFAULT_CELERY_BROKER = "redis://127.0.0.1:6379/0"
 EXECUTORS = ("in_process", "multiprocess", "celery")
 
@@ -40,6 +49,13 @@ def celery_broker_from_env() -> tuple[str, str]:
     """(broker, backend) URLs for the Celery executor and its workers."""
     broker = os.environ.get(CELERY_BROKER_ENV) or DEFAULT_CELERY_BROKER
     return broker, os.environ.get(CELERY_BACKEND_ENV) or broker
+
+
+def shard_step_tags() -> dict[str, str]:
+    """Op tags of the per-shard steps: the Celery queue named by ``MBREC_CELERY_SHARD_QUEUE``, if set
+    (read when the definitions load, like the executor)."""
+    queue = (os.environ.get(SHARD_QUEUE_ENV) or "").strip()
+    return {CELERY_QUEUE_TAG: queue} if queue else {}
 
 
 def executor_from_env() -> dg.ExecutorDefinition:

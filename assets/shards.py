@@ -17,16 +17,16 @@ materializes its extra shard keys as empty no-ops.
 
 
 import dataclasses
-import resource
 import warnings
 
 import dagster as dg
 
 from assets.checks import check_result
-from assets.executors import run_tags
+from assets.executors import run_tags, shard_step_tags
 from assets.partitions import dataset_partitions
 from pipelines import shards
 from pipelines.contracts import ingest_consistency, validate_parquet
+from pipelines.process import peak_rss_mb, reset_peak_rss, threads_used
 from pipelines.registry import load_registry
 from pipelines.resources import PipelineSettings
 from pipelines.sources import SOURCE_FILE, resolve_raw_source
@@ -47,10 +47,6 @@ ALL_SHARDS_OF_DATASET = dg.MultiToSingleDimensionPartitionMapping(partition_dime
 # dagster/partition); shard runs of one dataset run side by side, bounded by the run queue.
 
 
-def _peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
 def _keys(context) -> tuple[str, int]:
     key = context.partition_key.keys_by_dimension
     return key["dataset"], int(key["shard"])
@@ -60,6 +56,7 @@ def _keys(context) -> tuple[str, int]:
           description=f"The map step of a sharded run: every raw line parsed once (ingest's checks and quarantine), "
                       f"good rows bucketed by user shard ({shards.SHARD_HASH}).")
 def event_shards(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+    reset_peak_rss()
     cfg = settings.dataset(context.partition_key)
     paths = settings.paths(cfg.name)
     source = resolve_raw_source(cfg, paths, log=context.log.info)
@@ -68,7 +65,7 @@ def event_shards(context: dg.AssetExecutionContext, settings: PipelineSettings) 
         "shards": summary.shards, "hash": summary.hash, "rows_read": summary.rows_read,
         "rows_quarantined": summary.rows_quarantined, "rows_per_shard": dg.MetadataValue.json(summary.rows_per_shard),
         "dagster/row_count": summary.rows_read - summary.rows_quarantined, "seconds": summary.seconds,
-        "peak_rss_mb": _peak_rss_mb(), "path": dg.MetadataValue.path(str(paths.shard_map_dir())),
+        "peak_rss_mb": peak_rss_mb(), "path": dg.MetadataValue.path(str(paths.shard_map_dir())),
     })
 
 
@@ -79,16 +76,17 @@ def _not_a_shard(cfg, k: int) -> dg.MaterializeResult | None:
                                                      f"empty (another dataset has more shards)"})
 
 
-@dg.asset(partitions_def=shard_partitions, group_name=GROUP, kinds={"polars", "parquet"},
+@dg.asset(partitions_def=shard_partitions, group_name=GROUP, op_tags=shard_step_tags(), kinds={"polars", "parquet"},
           deps=[dg.AssetDep(event_shards, partition_mapping=ALL_SHARDS_OF_DATASET)],
           description="One shard's distinct raw users and items, each with the first file it occurs in.")
 def event_shard_ids(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+    reset_peak_rss()
     name, k = _keys(context)
     cfg = settings.dataset(name)
     if skipped := _not_a_shard(cfg, k):
         return skipped
     counts = shards.shard_raw_ids(cfg, settings.paths(name), k, log=context.log.info)
-    return dg.MaterializeResult(metadata={**counts, "peak_rss_mb": _peak_rss_mb()})
+    return dg.MaterializeResult(metadata={**counts, "peak_rss_mb": peak_rss_mb()})
 
 
 @dg.asset(partitions_def=dataset_partitions, group_name=GROUP, kinds={"polars", "parquet"},
@@ -96,19 +94,22 @@ def event_shard_ids(context: dg.AssetExecutionContext, settings: PipelineSetting
           description="Dense user and item ids from every shard's distinct raw ids, by (first file, raw id): the "
                       "ids a single-machine ingest assigns. Item side info.")
 def dense_ids(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+    reset_peak_rss()
     cfg = settings.dataset(context.partition_key)
     paths = settings.paths(cfg.name)
     raw = resolve_raw_source(cfg, paths, log=context.log.info).directory
     counts = shards.merge_dense_ids(cfg, raw, paths, log=context.log.info)
-    return dg.MaterializeResult(metadata={**counts, "peak_rss_mb": _peak_rss_mb(),
+    return dg.MaterializeResult(metadata={**counts, "peak_rss_mb": peak_rss_mb(),
                                           "path": dg.MetadataValue.path(str(paths.shard_ids_dir()))})
 
 
-@dg.asset(partitions_def=shard_partitions, group_name=GROUP, kinds={"polars", "parquet", "numpy"},
+@dg.asset(partitions_def=shard_partitions, group_name=GROUP, op_tags=shard_step_tags(),
+          kinds={"polars", "parquet", "numpy"},
           deps=[dg.AssetDep(dense_ids, partition_mapping=ALL_SHARDS_OF_DATASET)],
           description="One shard's canonical events, behavior-set steps and sessions, per-user splits with the "
                       "leakage filter, model-ready arrays and training behavior counts.")
 def shard_sequences(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+    reset_peak_rss()
     name, k = _keys(context)
     cfg = settings.dataset(name)
     if skipped := _not_a_shard(cfg, k):
@@ -117,7 +118,8 @@ def shard_sequences(context: dg.AssetExecutionContext, settings: PipelineSetting
     return dg.MaterializeResult(metadata={
         "events": summary.rows_kept, "steps": summary.steps, "users": summary.users,
         "splits": dg.MetadataValue.json({p: s["examples"] for p, s in summary.protocols.items()}),
-        "seconds": summary.seconds, "peak_rss_mb": _peak_rss_mb(), "dagster/row_count": summary.steps,
+        "seconds": summary.seconds, "peak_rss_mb": peak_rss_mb(), "dagster/row_count": summary.steps,
+        "threads": dg.MetadataValue.json(threads_used()),
     })
 
 
@@ -127,6 +129,7 @@ def shard_sequences(context: dg.AssetExecutionContext, settings: PipelineSetting
                       "statistics from every shard, in user order (the same bytes for any number of shards). The "
                       "temporal split (global time cuts) runs here on the merged steps.")
 def sharded_dataset(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+    reset_peak_rss()
     cfg = settings.dataset(context.partition_key)
     paths = settings.paths(cfg.name)
     source = resolve_raw_source(cfg, paths, log=context.log.info)
@@ -135,7 +138,7 @@ def sharded_dataset(context: dg.AssetExecutionContext, settings: PipelineSetting
     fields = dataclasses.asdict(summary)
     return dg.MaterializeResult(metadata={
         **{k: (dg.MetadataValue.json(v) if isinstance(v, list) else v) for k, v in fields.items()},
-        "dagster/row_count": summary.steps, "peak_rss_mb": _peak_rss_mb(),
+        "dagster/row_count": summary.steps, "peak_rss_mb": peak_rss_mb(),
         "path": dg.MetadataValue.path(str(paths.outputs_dir)),
     })
 
@@ -159,7 +162,7 @@ def event_shards_contract(context: dg.AssetCheckExecutionContext, settings: Pipe
     return check_result(result) if result else dg.AssetCheckResult(passed=True, description="no good rows")
 
 
-@dg.asset_check(asset=event_shard_ids, blocking=True, partitions_def=shard_partitions,
+@dg.asset_check(asset=event_shard_ids, blocking=True, partitions_def=shard_partitions, op_tags=shard_step_tags(),
                 description="pandera ShardRawUsers / ShardRawItems (schemas/shards.py) on the shard's distinct ids.")
 def event_shard_ids_contract(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
     name, k = _keys(context)

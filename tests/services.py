@@ -284,14 +284,17 @@ class CeleryWorkers:
 @contextlib.contextmanager
 def celery_workers(redis_url: str, n: int = 2, cwd: str | Path = REPO, env: Mapping[str, str] | None = None,
                    queues: Sequence[Sequence[str]] | None = None, timeout: float = 90.0,
-                   worker_args: Sequence[str] = ()) -> Iterator[CeleryWorkers]:
+                   worker_args: Sequence[str] = (),
+                   cpus: Sequence[Sequence[int] | None] | None = None) -> Iterator[CeleryWorkers]:
     """Start ``n`` real ``dagster-celery worker start`` processes on broker/backend ``redis_url``.
 
     Each runs ``dagster-celery worker start -A dagster_celery.app -y <yaml> -n w<i> [-q queue ...]
     -- --concurrency=1 ...`` in ``cwd`` with ``cwd`` on PYTHONPATH (the workers import the job's code)
     and ``env`` on top of ours; ``env`` must set ``DAGSTER_HOME`` (the CLI loads the instance to write
     its Celery config module there). ``queues[i]``: the queues worker ``i`` listens on (default: the
-    ``dagster`` queue); ``worker_args``: more celery worker options (e.g. ``--max-tasks-per-child=1``).
+    ``dagster`` queue); ``worker_args``: more celery worker options (e.g. ``--max-tasks-per-child=1``);
+    ``cpus[i]``: the CPUs worker ``i`` (and its pool processes) may run on, as ``taskset -c`` pins a
+    worker to a core (None: unpinned).
     Waits until every worker logged "ready", yields, then stops them (TERM to
     each worker's process group, KILL after 15 s).
     """
@@ -304,6 +307,9 @@ def celery_workers(redis_url: str, n: int = 2, cwd: str | Path = REPO, env: Mapp
     queues = [list(q) for q in queues] if queues is not None else [[] for _ in range(n)]
     if len(queues) != n:
         raise ValueError(f"queues has {len(queues)} entries for {n} workers")
+    cpus = list(cpus) if cpus is not None else [None] * n
+    if len(cpus) != n:
+        raise ValueError(f"cpus has {len(cpus)} entries for {n} workers")
 
     workdir = Path(tempfile.mkdtemp(prefix="mbrec-celery-"))
     # the workers' temporary files (billiard's pymp-* pool directories outlive a TERM) stay in workdir
@@ -324,8 +330,10 @@ def celery_workers(redis_url: str, n: int = 2, cwd: str | Path = REPO, env: Mapp
                    "-n", f"w{i}", *queue_args, "--", "--concurrency=1", "--without-mingle", "--without-gossip",
                    *worker_args]
             with open(log, "wb") as out:
+                pin = (lambda c=tuple(cpus[i]): os.sched_setaffinity(0, c)) if cpus[i] is not None else None
                 workers.procs.append(subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                                      stdin=subprocess.DEVNULL, start_new_session=True))
+                                                      stdin=subprocess.DEVNULL, start_new_session=True,
+                                                      preexec_fn=pin))
             workers.logs.append(log)
         for name, proc, log in zip(workers.names, workers.procs, workers.logs):
             _wait(lambda: f"{name} ready." in log.read_text(errors="replace"), timeout, f"celery worker {name}",

@@ -79,25 +79,39 @@ def test_a_sharded_dataset_runs_on_celery_workers_as_it_runs_here(tmp_path, redi
     home.mkdir()
     root = tmp_path / "celery"
     env = {"MBREC_REGISTRY": str(registry), "MBREC_DATA_ROOT": str(root), "DAGSTER_HOME": str(home),
-           "MBREC_EXECUTOR": "celery", "MBREC_CELERY_BROKER": redis_url}
+           "MBREC_EXECUTOR": "celery", "MBREC_CELERY_BROKER": redis_url, "MBREC_CELERY_SHARD_QUEUE": "shards"}
     os.environ["DAGSTER_HOME"] = str(home)
     instance = dg.DagsterInstance.get()  # its tables exist before the workers open it
-    with celery_workers(redis_url, 2, env=env) as workers:
+    # two worker pools: shard workers on the shard queue, each pinned to one core (as `taskset -c`
+    # does), and a dataset-level worker on the default queue
+    core = min(os.sched_getaffinity(0))
+    with celery_workers(redis_url, 3, env=env, queues=[["shards"], ["shards"], ["dagster"]],
+                        cpus=[[core], [core], None]) as workers:
         timings = run_sharded(DATASET, env=env, log_dir=tmp_path / "logs", log=lambda _: None)
-        worker_pids = workers.pids()
+        shard_pids, dataset_pids = workers.pids(0) | workers.pids(1), workers.pids(2)
         log = workers.log_text()
     assert [t.runs for t in timings] == [1, SHARDS, 1, SHARDS, 1]
 
-    # every step ran in a worker process, never in the process that launched the run
+    # every step ran in a worker process, never in the process that launched the run: the shard
+    # runs' steps (assets and checks) on the shard queue's workers, the dataset-level ones elsewhere
     runs = instance.get_runs()
     assert len(runs) == 2 * SHARDS + 3 and all(r.is_success for r in runs)
     step_pids = {}
     for run in runs:
         for e in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START):
             step_pids[(run.tags.get("dagster/partition"), e.dagster_event.step_key)] = e.dagster_event.pid
-    shard_steps = {k: p for k, p in step_pids.items() if k[1] == "shard_sequences"}
-    assert len(shard_steps) == SHARDS and set(step_pids.values()) <= worker_pids, (step_pids, worker_pids)
+    on_shard_queue = {k: p for k, p in step_pids.items() if "|" in k[0]}
+    on_default_queue = {k: p for k, p in step_pids.items() if "|" not in k[0]}
+    assert {k[1] for k in on_shard_queue} == {"event_shard_ids", "event_shard_ids_event_shard_ids_contract",
+                                              "shard_sequences"}, on_shard_queue
+    assert set(on_shard_queue.values()) <= shard_pids, (on_shard_queue, shard_pids)
+    assert set(on_default_queue.values()) <= dataset_pids, (on_default_queue, dataset_pids)
     assert "Task dagster.execute_plan" in log or "execute_plan" in log
+    # a pinned worker's shard runs computed on one thread, polars' pool included
+    for record in instance.fetch_materializations(dg.AssetKey("shard_sequences"), limit=10).records:
+        meta = record.asset_materialization.metadata
+        assert meta["threads"].value == {"stage": 1, "polars": 1, "cpus": 1}, meta["threads"]
+        assert 0 < meta["peak_rss_mb"].value < 8000
 
     # the same bytes as the shards computed here
     celery = DatasetLayout(root, DATASET)
