@@ -8,11 +8,13 @@ Prints, for one Taobao-format file:
 1. **In-process vs Celery.** The single-machine chain in one process (ingest, steps, every split,
    model-ready arrays, statistics: the tables the sharded path also writes; ``--per-stage``: one
    process per stage, which shows each stage's peak) against the sharded path with ``--shards``
-   shards as Dagster runs on ``--workers`` real ``dagster-celery`` workers (one task at a time
-   each, a fresh process per task) with a real Redis broker. Wall time of each
-   (Python's ``time.perf_counter``), peak RSS of the in-process run (``/usr/bin/time -v``) and of
-   every shard run (the largest ``ru_maxrss`` of the process that ran it, from the run's metadata),
-   and the engine's overhead = sharded wall / in-process wall - 1.
+   shards as Dagster runs on real ``dagster-celery`` workers with a real Redis broker: ``--workers``
+   shard workers on the shard queue (``MBREC_CELERY_SHARD_QUEUE``), each pinned to one core, and
+   one dataset-level worker on the default queue for the map, the dense ids and the merge; one task
+   at a time each, in a fresh pool process per task. Wall time of each (Python's
+   ``time.perf_counter``), peak RSS of the in-process run (``/usr/bin/time -v``) and of every step
+   of the sharded runs (the step's own high-water mark, from the run's metadata), and the engine's
+   overhead = sharded wall / in-process wall - 1.
 2. **Peak memory per shard run** for each of ``--memory-shards`` (default 1, 4, 16): the map step
    and every shard's ``shard_sequences`` each in its own process under ``/usr/bin/time -v``; the
    largest shard's peak should fall roughly as 1/N.
@@ -38,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 PY = sys.executable
+SHARD_QUEUE = "shards"
 
 
 def generate(work: Path, rows: int) -> Path:
@@ -158,41 +161,56 @@ def in_process_vs_celery(csv: Path, work: Path, n: int, workers: int, per_stage:
     registry = setup_root(root, csv, n)
     home = root / "dagster_home"
     home.mkdir()
+    cores = sorted(os.sched_getaffinity(0))
     with redis_server() as url:
         env = {**os.environ, "MBREC_REGISTRY": str(registry), "MBREC_DATA_ROOT": str(root),
-               "DAGSTER_HOME": str(home), "MBREC_EXECUTOR": "celery", "MBREC_CELERY_BROKER": url}
+               "DAGSTER_HOME": str(home), "MBREC_EXECUTOR": "celery", "MBREC_CELERY_BROKER": url,
+               "MBREC_CELERY_SHARD_QUEUE": SHARD_QUEUE}
         os.environ["DAGSTER_HOME"] = str(home)
         import dagster as dg
 
         dg.DagsterInstance.get()  # create the instance's tables before the workers open it
-        # one task at a time per worker, each in a fresh process: its peak RSS is that task's
-        with celery_workers(url, workers, cwd=REPO, env=env, worker_args=["--max-tasks-per-child=1"]):
+        # two pools, one task at a time per worker: `workers` shard workers on the shard queue, each
+        # pinned to one core (its steps then run one thread), and one dataset-level worker on the
+        # default queue, unpinned, for the map, the dense ids and the merge. The layers run one
+        # after another, so at most `workers` steps compute at once. A fresh pool process per task
+        # (--max-tasks-per-child=1): at 100M rows a reused one keeps GBs of a finished shard's heap,
+        # which the next shard's reads then miss from the page cache.
+        with celery_workers(url, workers + 1, cwd=REPO, env=env,
+                            queues=[[SHARD_QUEUE]] * workers + [["dagster"]],
+                            cpus=[[cores[i % len(cores)]] for i in range(workers)] + [None],
+                            worker_args=["--max-tasks-per-child=1"]):
             started = time.perf_counter()
             timings = run_sharded("taobao", env=env, log_dir=root / "run_logs",
                                   log=lambda m: print("  " + m, flush=True))
             wall = time.perf_counter() - started
-    peaks = run_peaks(home)
-    print(f"sharded, {n} shards on {workers} Celery workers: {wall:.1f} s "
+    peaks, seconds = run_peaks(home)
+    print(f"sharded, {n} shards on {workers} Celery shard workers (one core each) and one dataset-level "
+          f"worker: {wall:.1f} s "
           f"(overhead {wall / wall_single - 1:+.0%} vs in-process)", flush=True)
     print("  layers: " + ", ".join(f"{t.asset} x{t.runs} {t.seconds:.1f} s" for t in timings))
     print("  peak RSS per run (MB): " + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(peaks.items())), flush=True)
+    print("  the step's own compute, inside its run (s): "
+          + ", ".join(f"{k} {v:,.1f}" for k, v in sorted(seconds.items())), flush=True)
 
 
-def run_peaks(home: Path) -> dict[str, float]:
-    """peak_rss_mb of every materialization in the instance, by asset[partition]."""
+def run_peaks(home: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """peak_rss_mb, and the stage function's own seconds where the asset records them, of every
+    materialization in the instance, by asset[partition]."""
     os.environ["DAGSTER_HOME"] = str(home)
     import dagster as dg
 
     instance = dg.DagsterInstance.get()
-    out = {}
-    for record in instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("shard_sequences")), limit=1000).records:
-        m = record.asset_materialization
-        out[f"shard_sequences[{m.partition}]"] = m.metadata["peak_rss_mb"].value
-    for key in ("event_shards", "dense_ids", "sharded_dataset"):
-        for record in instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(key)), limit=10).records:
-            out[key] = record.asset_materialization.metadata["peak_rss_mb"].value
-    return out
+    peaks, seconds = {}, {}
+    for key in ("event_shards", "dense_ids", "shard_sequences", "sharded_dataset"):
+        for record in instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(key)), limit=1000).records:
+            m = record.asset_materialization
+            name = f"{key}[{m.partition}]" if key == "shard_sequences" else key
+            peaks[name] = m.metadata["peak_rss_mb"].value
+            if "seconds" in m.metadata:
+                seconds[name] = m.metadata["seconds"].value
+    return peaks, seconds
 
 
 def memory_per_shard(csv: Path, work: Path, counts: list[int]) -> None:
