@@ -24,7 +24,7 @@ from assets.ingest import ingest, ingest_checks
 from assets.quality import dataset_card, quality_checks
 from assets.semantic_ids import semantic_id_assets, semantic_id_checks
 from assets.sequences import sequence_assets, sequence_checks
-from assets.shards import event_shards_job, shard_assets, shard_checks, sharded_downstream_job, sharded_downstream_sensor
+from assets.shards import event_shards_job, shard_assets, sharded_downstream_job, sharded_downstream_sensor
 from assets.training import training_assets, training_checks
 from pipelines.resources import PipelineSettings
 
@@ -32,7 +32,7 @@ defs = dg.Definitions(
     assets=with_automation([ingest, *sequence_assets, *augmentation_assets, *semantic_id_assets, *training_assets,
                             dataset_card, *shard_assets]),
     asset_checks=[*ingest_checks, *sequence_checks, *augmentation_checks, *semantic_id_checks, *training_checks,
-                  *quality_checks, *shard_checks],
+                  *quality_checks],
     jobs=[all_assets_job, ingest_job, event_shards_job, sharded_downstream_job],
     schedules=[weekly_dataset_refresh],
     sensors=[raw_data_sensor, downstream_refresh, record_run_failure, sharded_downstream_sensor(SENSOR_INTERVAL_S)],

@@ -52,9 +52,46 @@ def _keys(context) -> tuple[str, int]:
     return key["dataset"], int(key["shard"])
 
 
+# The shard layers' blocking checks run inside their asset's step (``check_specs``), not as steps of
+# their own: on Celery every step is a task, and a check step was a second task per run (a worker
+# round trip, a process start with --max-tasks-per-child=1) for a check that reads the files the
+# step just wrote. Failing, they fail the step, so the next layer does not run.
+def _spec(name: str, asset: str, description: str) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(name, asset=asset, blocking=True, description=description)
+
+
+def _named(name: str, result: dg.AssetCheckResult) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(check_name=name, passed=result.passed, metadata=result.metadata,
+                               description=result.description)
+
+
+def event_shards_contract(paths) -> dg.AssetCheckResult:
+    """pandera ShardBucket on every bucket; bucket rows add up to the good rows."""
+    m = shards.read_map(paths)
+    result = None
+    for k in range(m.shards):
+        if paths.shard_bucket(k).is_file():
+            result = validate_parquet(paths.shard_bucket(k), ShardBucket)
+            if not result.passed:
+                return check_result(result)
+    good = m.rows_read - m.rows_quarantined
+    if sum(m.rows_per_shard) != good:
+        return dg.AssetCheckResult(passed=False, description=f"buckets hold {sum(m.rows_per_shard):,} rows, "
+                                                             f"expected {good:,} good rows")
+    return check_result(result) if result else dg.AssetCheckResult(passed=True, description="no good rows")
+
+
+def event_shard_ids_contract(shard) -> dg.AssetCheckResult:
+    """pandera ShardRawUsers / ShardRawItems on the shard's distinct ids."""
+    result = validate_parquet(shard.raw_ids("users"), ShardRawUsers)
+    return check_result(result if not result.passed else validate_parquet(shard.raw_ids("items"), ShardRawItems))
+
+
 @dg.asset(partitions_def=dataset_partitions, group_name=GROUP, kinds={"polars", "parquet"},
           description=f"The map step of a sharded run: every raw line parsed once (ingest's checks and quarantine), "
-                      f"good rows bucketed by user shard ({shards.SHARD_HASH}).")
+                      f"good rows bucketed by user shard ({shards.SHARD_HASH}).",
+          check_specs=[_spec("event_shards_contract", "event_shards", "pandera ShardBucket (schemas/shards.py) on "
+                             "every bucket; bucket rows add up to the good rows.")])
 def event_shards(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
     reset_peak_rss()
     cfg = settings.dataset(context.partition_key)
@@ -66,7 +103,7 @@ def event_shards(context: dg.AssetExecutionContext, settings: PipelineSettings) 
         "rows_quarantined": summary.rows_quarantined, "rows_per_shard": dg.MetadataValue.json(summary.rows_per_shard),
         "dagster/row_count": summary.rows_read - summary.rows_quarantined, "seconds": summary.seconds,
         "peak_rss_mb": peak_rss_mb(), "path": dg.MetadataValue.path(str(paths.shard_map_dir())),
-    })
+    }, check_results=[_named("event_shards_contract", event_shards_contract(paths))])
 
 
 def _not_a_shard(cfg, k: int) -> dg.MaterializeResult | None:
@@ -78,15 +115,20 @@ def _not_a_shard(cfg, k: int) -> dg.MaterializeResult | None:
 
 @dg.asset(partitions_def=shard_partitions, group_name=GROUP, op_tags=shard_step_tags(), kinds={"polars", "parquet"},
           deps=[dg.AssetDep(event_shards, partition_mapping=ALL_SHARDS_OF_DATASET)],
-          description="One shard's distinct raw users and items, each with the first file it occurs in.")
+          description="One shard's distinct raw users and items, each with the first file it occurs in.",
+          check_specs=[_spec("event_shard_ids_contract", "event_shard_ids", "pandera ShardRawUsers / ShardRawItems "
+                             "(schemas/shards.py) on the shard's distinct ids.")])
 def event_shard_ids(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
     reset_peak_rss()
     name, k = _keys(context)
     cfg = settings.dataset(name)
+    check = "event_shard_ids_contract"
     if skipped := _not_a_shard(cfg, k):
-        return skipped
+        return dg.MaterializeResult(metadata=skipped.metadata, check_results=[
+            dg.AssetCheckResult(check_name=check, passed=True, description="not a shard of this dataset")])
     counts = shards.shard_raw_ids(cfg, settings.paths(name), k, log=context.log.info)
-    return dg.MaterializeResult(metadata={**counts, "peak_rss_mb": peak_rss_mb()})
+    return dg.MaterializeResult(metadata={**counts, "peak_rss_mb": peak_rss_mb()}, check_results=[
+        _named(check, event_shard_ids_contract(settings.paths(name).of_shard(k)))])
 
 
 @dg.asset(partitions_def=dataset_partitions, group_name=GROUP, kinds={"polars", "parquet"},
@@ -127,7 +169,10 @@ def shard_sequences(context: dg.AssetExecutionContext, settings: PipelineSetting
           deps=[dg.AssetDep(shard_sequences, partition_mapping=ALL_SHARDS_OF_DATASET)],
           description="The merge: the dataset-level ingest tables, steps, splits, model-ready arrays and behavior "
                       "statistics from every shard, in user order (the same bytes for any number of shards). The "
-                      "temporal split (global time cuts) runs here on the merged steps.")
+                      "temporal split (global time cuts) runs here on the merged steps.",
+          check_specs=[_spec("sharded_dataset_consistency", "sharded_dataset", "The merged ingest tables pass the "
+                             "single-machine ingest's consistency check (counts reconcile, id maps dense and bijective, "
+                             "events reference mapped ids).")])
 def sharded_dataset(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
     reset_peak_rss()
     cfg = settings.dataset(context.partition_key)
@@ -140,48 +185,10 @@ def sharded_dataset(context: dg.AssetExecutionContext, settings: PipelineSetting
         **{k: (dg.MetadataValue.json(v) if isinstance(v, list) else v) for k, v in fields.items()},
         "dagster/row_count": summary.steps, "peak_rss_mb": peak_rss_mb(),
         "path": dg.MetadataValue.path(str(paths.outputs_dir)),
-    })
-
-
-# ---------------------------------------------------------------------------------------- checks
-@dg.asset_check(asset=event_shards, blocking=True, partitions_def=dataset_partitions,
-                description="pandera ShardBucket (schemas/shards.py) on every bucket; bucket rows add up to the good rows.")
-def event_shards_contract(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
-    paths = settings.paths(context.partition_key)
-    m = shards.read_map(paths)
-    result = None
-    for k in range(m.shards):
-        if paths.shard_bucket(k).is_file():
-            result = validate_parquet(paths.shard_bucket(k), ShardBucket)
-            if not result.passed:
-                return check_result(result)
-    good = m.rows_read - m.rows_quarantined
-    if sum(m.rows_per_shard) != good:
-        return dg.AssetCheckResult(passed=False, description=f"buckets hold {sum(m.rows_per_shard):,} rows, "
-                                                             f"expected {good:,} good rows")
-    return check_result(result) if result else dg.AssetCheckResult(passed=True, description="no good rows")
-
-
-@dg.asset_check(asset=event_shard_ids, blocking=True, partitions_def=shard_partitions, op_tags=shard_step_tags(),
-                description="pandera ShardRawUsers / ShardRawItems (schemas/shards.py) on the shard's distinct ids.")
-def event_shard_ids_contract(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
-    name, k = _keys(context)
-    if k >= settings.dataset(name).shards:
-        return dg.AssetCheckResult(passed=True, description="not a shard of this dataset")
-    shard = settings.paths(name).of_shard(k)
-    result = validate_parquet(shard.raw_ids("users"), ShardRawUsers)
-    return check_result(result if not result.passed else validate_parquet(shard.raw_ids("items"), ShardRawItems))
-
-
-@dg.asset_check(asset=sharded_dataset, blocking=True, partitions_def=dataset_partitions,
-                description="The merged ingest tables pass the single-machine ingest's consistency check (counts "
-                            "reconcile, id maps dense and bijective, events reference mapped ids).")
-def sharded_dataset_consistency(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
-    return check_result(ingest_consistency(settings.paths(context.partition_key).ingest_dir()))
+    }, check_results=[_named("sharded_dataset_consistency", check_result(ingest_consistency(paths.ingest_dir())))])
 
 
 shard_assets = [event_shards, event_shard_ids, dense_ids, shard_sequences, sharded_dataset]
-shard_checks = [event_shards_contract, event_shard_ids_contract, sharded_dataset_consistency]
 
 event_shards_job = dg.define_asset_job(
     "event_shards_job", selection=[event_shards],

@@ -102,8 +102,7 @@ def test_a_sharded_dataset_runs_on_celery_workers_as_it_runs_here(tmp_path, redi
             step_pids[(run.tags.get("dagster/partition"), e.dagster_event.step_key)] = e.dagster_event.pid
     on_shard_queue = {k: p for k, p in step_pids.items() if "|" in k[0]}
     on_default_queue = {k: p for k, p in step_pids.items() if "|" not in k[0]}
-    assert {k[1] for k in on_shard_queue} == {"event_shard_ids", "event_shard_ids_event_shard_ids_contract",
-                                              "shard_sequences"}, on_shard_queue
+    assert {k[1] for k in on_shard_queue} == {"event_shard_ids", "shard_sequences"}, on_shard_queue
     assert set(on_shard_queue.values()) <= shard_pids, (on_shard_queue, shard_pids)
     assert set(on_default_queue.values()) <= dataset_pids, (on_default_queue, dataset_pids)
     assert "Task dagster.execute_plan" in log or "execute_plan" in log
@@ -121,3 +120,34 @@ def test_a_sharded_dataset_runs_on_celery_workers_as_it_runs_here(tmp_path, redi
     assert [p for p in a if a[p] != b[p]] == []
     checks = [e for r in runs for e in instance.all_logs(r.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)]
     assert checks and all(e.dagster_event.event_specific_data.passed for e in checks)
+    # each layer's contract ran, inside the asset's own step (one Celery task per run)
+    assert sorted(e.dagster_event.event_specific_data.check_name for e in checks) == sorted(
+        ["event_shards_contract", "sharded_dataset_consistency"] + ["event_shard_ids_contract"] * SHARDS)
+    assert len(step_pids) == 2 * SHARDS + 3, step_pids
+
+
+def test_a_failing_shard_contract_fails_the_map_step(tmp_path, monkeypatch):
+    """The shard layers' contracts run inside the asset's step: a violation fails that step (the next
+    layer's automation waits on a failed upstream) and the evaluation names the column."""
+    import polars as pl
+
+    from assets import shards as shard_assets
+
+    registry = sharded_registry(tmp_path / "registry.yaml")
+    root = tmp_path / "data"
+    real = shards.map_to_shards
+
+    def corrupting(cfg, raw_dir, paths, *args, **kwargs):
+        out = real(cfg, raw_dir, paths, *args, **kwargs)
+        bucket = paths.shard_bucket(0)
+        pl.read_parquet(bucket).with_columns(pl.lit(0, pl.Int64).alias("event_order")).write_parquet(bucket)
+        return out
+
+    monkeypatch.setattr(shard_assets.shards, "map_to_shards", corrupting)
+    settings = PipelineSettings(data_root=str(root), registry_path=str(registry))
+    result = dg.materialize([shard_assets.event_shards], partition_key=DATASET, resources={"settings": settings},
+                            raise_on_error=False)
+    assert not result.success
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not evaluations["event_shards_contract"].passed
+    assert "event_order" in evaluations["event_shards_contract"].metadata["message"].value
