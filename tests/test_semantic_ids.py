@@ -251,8 +251,12 @@ def test_refresh_with_new_items_keeps_every_existing_sid(kuaisar_outputs, regist
     assert kept.height == n and (kept["sid"] == kept["sid_new"]).all()
     added = new.filter(pl.col("item_id") >= n)
     assert added.height == 30 and new["sid"].n_unique() == new.height  # copies got fresh dedup suffixes
-    # same vectors, same first code (deeper residuals of copies may differ by float rounding in faiss' search)
-    assert [c[0] for c in added["codes"].to_list()] == [c[0] for c in old.head(30)["codes"].to_list()]
+    # same vectors, same first code. Deeper residuals of copies may differ by float rounding in faiss'
+    # search, and so may a first code where two centroids are all but tied: faiss computes distances
+    # through BLAS for a batch and SIMD loops for a few rows, whose rounding differs by CPU (seen once
+    # in 30 on one machine). Chance agreement would be about 1 in 256 per item.
+    same = sum(a[0] == b[0] for a, b in zip(added["codes"].to_list(), old.head(30)["codes"].to_list(), strict=True))
+    assert same >= 28, f"only {same} of 30 copies got their original's first code"
     materialize_exports(registry.datasets["kuaisar"], paths, log=lambda _: None)
     # a full rebuild is allowed to move SIDs and says how many moved
     full = materialize_semantic_ids(registry.datasets["kuaisar"], paths, log=lambda _: None, full_rebuild=True)
