@@ -14,12 +14,14 @@ import sys
 import time
 from pathlib import Path
 
+from pipelines.process import available_cpus
 from pipelines.registry import REPO_ROOT
 from pipelines.sequences.splits import default_protocol
 
 
 def _threads_per_job(jobs: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(jobs, 1))
+    """The CPUs this process may use (affinity, cgroup quota: a pinned or limited container), shared by the jobs."""
+    return max(1, available_cpus() // max(jobs, 1))
 
 
 def _limit_threads(n: int) -> None:

@@ -81,3 +81,15 @@ def test_shard_steps_go_to_the_shard_queue_only_when_one_is_named():
                      "sharded_dataset": None, "canonical_events": None}
     unset = json.loads(_python(code, {"MBREC_CELERY_SHARD_QUEUE": ""}))
     assert set(unset.values()) == {None}
+
+
+def test_the_demo_shares_the_cpus_it_was_given_between_its_jobs():
+    core = min(os.sched_getaffinity(0))
+    code = """
+        from assets.demo import _threads_per_job
+        print(_threads_per_job(1), _threads_per_job(2))
+    """
+    assert _python(code, cpus={core}) == "1 1"
+    if len(os.sched_getaffinity(0)) >= 2:
+        n = len(os.sched_getaffinity(0))
+        assert _python(code) == f"{n} {n // 2}"
