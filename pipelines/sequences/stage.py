@@ -35,6 +35,8 @@ from pipelines.storage import (
 from schemas import columns as c
 
 ROWS_PER_SHARD = 5_000_000  # rows of a stage's input processed together; bounds memory
+# model-ready examples built together: a block's history windows hold up to max_len rows per example
+MODEL_READY_EXAMPLES_PER_BLOCK = 25_000
 NO_LEAKS = pl.DataFrame(schema={"example": pl.UInt32, "step": pl.UInt32, "h_behaviors": pl.UInt16})
 
 
@@ -227,24 +229,29 @@ def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, lo
 def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
                             rows_per_shard: int = ROWS_PER_SHARD,
                             protocols: tuple[str, ...] = sp.PROTOCOLS,
-                            examples_per_block: int = EXAMPLES_PER_BLOCK,
+                            examples_per_block: int = MODEL_READY_EXAMPLES_PER_BLOCK,
                             tables: bool = True) -> dict[str, dict[str, int]]:
-    """train/valid/test arrays per materialized split: parquet (Array columns) and .npz, built
-    ``examples_per_block`` examples at a time (each holds up to max_len history rows meanwhile).
-    ``tables=False`` writes the .npz only (a shard run: the merge writes the dataset's tables from
-    the shards' arrays)."""
+    """train/valid/test arrays per materialized split: parquet (Array columns) and .npz.
+
+    One user range (about ``rows_per_shard`` steps) at a time; its examples are built
+    ``examples_per_block`` at a time, blocks side by side (``ordered_map``), and each block is
+    written as soon as it is built, so memory holds the range's steps and a few blocks, not the
+    range's arrays (the session protocol has about one valid/test example per 5 steps: holding a
+    5M-step range's arrays took 3.9 GB at 20M Taobao rows). ``tables=False`` writes the .npz only
+    (a shard run: the merge writes the dataset's tables from the shards' arrays). The arrays' bytes
+    do not depend on the ranges or the blocks; the tables hold one row group per block."""
     from contextlib import nullcontext
 
     from pipelines.sequences import model_ready
 
     opts = SequenceOptions.of(cfg)
     path = steps_path(paths)
-    shards = user_shards(path, rows_per_shard)
+    ranges = user_shards(path, rows_per_shard)
     summary: dict[str, dict[str, int]] = {}
     for protocol in protocols:
         if not paths.examples(protocol).is_file():
             continue
-        # the arrays stream to their .npz files shard by shard (at 100M Taobao events the session
+        # the arrays stream to their .npz files block by block (at 100M Taobao events the session
         # protocol's arrays alone are about 15 GB)
         table = (lambda role: ParquetAppender(paths.model_ready(protocol, role, "parquet"))) if tables else \
             (lambda role: nullcontext())
@@ -254,24 +261,26 @@ def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = 
               NpzAppender(paths.model_ready(protocol, "test")) as a_test):
             writers = {"train": w_train, "valid": w_valid, "test": w_test}
             arrays = {"train": a_train, "valid": a_valid, "test": a_test}
-            def shard_arrays(bounds: tuple[int, int], protocol: str = protocol) -> list[tuple[str, dict, pl.DataFrame]]:
-                lo, hi = bounds
+            for lo, hi in ranges:
                 steps = read_user_range(path, lo, hi)
                 examples = read_user_range(paths.examples(protocol), lo, hi)
-                out = []
-                for role, ex in (("train", read_user_range(paths.train_examples(protocol), lo, hi)),
-                                 ("valid", examples.filter(pl.col("role") == "valid")),
-                                 ("test", examples.filter(pl.col("role") == "test"))):
-                    for start in range(0, max(ex.height, 1), examples_per_block):
-                        a = model_ready.build(steps, ex.slice(start, examples_per_block), opts.max_len)
-                        out.append((role, a, model_ready.to_frame(a, role) if tables else None))
-                return out
+                parts = (("train", read_user_range(paths.train_examples(protocol), lo, hi)),
+                         ("valid", examples.filter(pl.col("role") == "valid")),
+                         ("test", examples.filter(pl.col("role") == "test")))
+                del examples
+                blocks = [(role, ex.slice(start, examples_per_block)) for role, ex in parts
+                          for start in range(0, max(ex.height, 1), examples_per_block)]
 
-            for shard in ordered_map(shard_arrays, shards):
-                for role, a, frame in shard:
+                def build(block: tuple[str, pl.DataFrame], steps: pl.DataFrame = steps) -> tuple[str, dict, pl.DataFrame | None]:
+                    role, ex = block
+                    a = model_ready.build(steps, ex, opts.max_len)
+                    return role, a, model_ready.to_frame(a, role) if tables else None
+
+                for role, a, frame in ordered_map(build, blocks):
                     if frame is not None:
                         writers[role].write(frame)
                     arrays[role].append(a)
+                del steps, parts, blocks
         summary[protocol] = {role: a.rows.get("user_ids", 0) for role, a in arrays.items()}
         log(f"{cfg.name}/{protocol}: model-ready {summary[protocol]}")
     return summary
