@@ -54,21 +54,23 @@ def default_data_root() -> Path:
 
 
 def data_root_path(value: str, where: str = "data_root") -> Path:
-    """A data root from a path or a ``file://`` URL. Object-store URLs (``s3://``, ``gs://``, ...) are
-    refused with the reason: every stage publishes by atomic rename and a symbolic-link switch, and
-    holds a file lock per dataset, which object stores do not have (mount a shared POSIX file system
-    instead: NFS, EFS, Filestore; see deploy/README.md)."""
+    """The folder stages read and write for a data-root setting: a path, a ``file://`` URL, or for an
+    object-store URL (``s3://``, ``gs://``, any fsspec protocol) its local working copy, which
+    ``pipelines.remote`` keeps in step with the store around every step."""
     from urllib.parse import unquote, urlparse
+
+    from pipelines.remote import is_object_store_url, work_dir_for
 
     if "://" not in value:
         return Path(value)
     url = urlparse(value)
-    if url.scheme == "file" and url.netloc in ("", "localhost"):
+    if url.scheme == "file":
+        if url.netloc not in ("", "localhost"):
+            raise ValueError(f"{where}={value!r}: a file:// URL names a path on this machine (file:///path), "
+                             f"not on host {url.netloc!r}")
         return Path(unquote(url.path))
-    raise ValueError(
-        f"{where}={value!r}: the data root must be a POSIX file system (a path or file:// URL), not {url.scheme}://. "
-        f"Stages publish by atomic rename and lock each dataset, which object stores cannot do; mount a shared "
-        f"file system (NFS, EFS, Filestore) on every worker and point {where} at it (deploy/README.md).")
+    assert is_object_store_url(value)
+    return work_dir_for(value)
 
 
 def shard_name(k: int) -> str:

@@ -5,8 +5,8 @@ otherwise interleave their publishes. ``dataset_lock`` holds ``outputs/<dataset>
 ``fcntl.flock`` for the duration of a stage's publish; a second run waits for it (saying who holds
 it) and fails with that name after ``timeout_s``. The kernel releases the lock when the holder
 exits, killed or not, so a crashed run never leaves a stale lock. Runs of other datasets are never
-blocked. (POSIX only, like the rest of the storage layer; an object store needs the run-queue limit
-in the Dagster instance instead, see README "Reliability".)
+blocked. (POSIX only: on an object-store data root it covers one working copy, and across machines
+the run-queue limit in the Dagster instance keeps one run per dataset; see ``pipelines/remote.py``.)
 """
 
 from __future__ import annotations
