@@ -9,6 +9,7 @@ import dagster as dg
 import polars as pl
 
 from assets.checks import check_result
+from assets.object_store import synced
 from assets.partitions import dataset_partitions
 from assets.sequences import split_assets
 from pipelines.augmentation.stage import materialize_sequential_views, materialize_statistics
@@ -26,6 +27,7 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     description="Per split protocol, from training sets only: behavior frequencies m, co-occurrence M (and "
                 "row-normalized), P(b_j | b_i), masking probabilities m^c normalized, set sizes, transitions.",
 )
+@synced
 def behavior_statistics(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
     cfg = settings.dataset(context.partition_key)
     paths = settings.paths(cfg.name)
@@ -49,6 +51,7 @@ def behavior_statistics(context: dg.AssetExecutionContext, settings: PipelineSet
     description="GAMER-style sequential augmentation: x extra views of each split's training sequences, view k "
                 "removing each lower-level behavior with probability (k/x)/(level+1); valid/test untouched.",
 )
+@synced
 def sequential_augmentation(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
     cfg = settings.dataset(context.partition_key)
     paths = settings.paths(cfg.name)
@@ -61,6 +64,7 @@ def sequential_augmentation(context: dg.AssetExecutionContext, settings: Pipelin
 
 @dg.asset_check(asset=behavior_statistics, blocking=True, partitions_def=dataset_partitions,
                 description="M symmetric with zero diagonal and bounded by m; counts equal the split's training steps.")
+@synced
 def behavior_statistics_consistency(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
     paths = settings.paths(context.partition_key)
     r = None
@@ -77,6 +81,7 @@ def behavior_statistics_consistency(context: dg.AssetCheckExecutionContext, sett
 
 @dg.asset_check(asset=sequential_augmentation, blocking=True, partitions_def=dataset_partitions,
                 description="pandera SequentialViews (schemas/sequences.py) on every split's augmented views.")
+@synced
 def sequential_augmentation_contract(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
     paths = settings.paths(context.partition_key)
     r = None

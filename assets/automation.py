@@ -67,6 +67,9 @@ def raw_data_sensor(context: dg.SensorEvaluationContext, settings: PipelineSetti
     registry = settings.registry()
     loaded = set(dataset_partitions.get_partition_keys())
     requests, seen, notes = [], [], []
+    remote = settings.remote()
+    if remote is not None:  # an object-store data root: bring its raw folders into the working copy first
+        remote.pull([f"raw/{name}" for name in registry.names if name in loaded], log=context.log.info)
     for name in registry.names:
         if name not in loaded:
             notes.append(f"{name} is in the registry but not a partition yet: reload the code location")
@@ -114,12 +117,19 @@ def record_run_failure(context: dg.RunFailureSensorContext) -> None:
         return
     steps = [{"step": e.step_key, "error": _root_message(e.event_specific_data.error if e.event_specific_data else None)}
              for e in context.get_step_failure_events()]
-    path = record_failure(PipelineSettings().paths(dataset), {
+    settings = PipelineSettings()
+    remote, scope = settings.remote(), [settings.paths(dataset).failures().parent.relative_to(
+        settings.data_root_path()).as_posix()]
+    if remote is not None:
+        remote.pull(scope, log=context.log.info)
+    path = record_failure(settings.paths(dataset), {
         "run_id": run.run_id, "job": run.job_name,
         "trigger": run.tags.get("mbrec/trigger") or run.tags.get("dagster/sensor_name") or "manual",
         "failed_steps": steps,
         "error": (context.failure_event.message or "")[:2000],
     })
+    if remote is not None:
+        remote.push(scope, log=context.log.info)
     context.log.info(f"{dataset}: run {run.run_id} failed; recorded in {path}")
 
 

@@ -12,8 +12,9 @@ import dagster as dg
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 import polars as pl
 
-from assets.partitions import dataset_partitions
 from assets.checks import check_result
+from assets.object_store import synced
+from assets.partitions import dataset_partitions
 from pipelines.contracts import ingest_consistency, validate_parquet
 from pipelines.ingest import core
 from pipelines.layout import DatasetLayout
@@ -52,6 +53,7 @@ class IngestRunConfig(dg.Config):
     partitions_def=dataset_partitions,
     can_subset=False,
 )
+@synced
 def ingest(context: dg.AssetExecutionContext, settings: PipelineSettings, config: IngestRunConfig):
     """Read the dataset's raw files (or generate them) and write the canonical ingest tables."""
     cfg = settings.dataset(context.partition_key)
@@ -126,6 +128,7 @@ def _contract_check(asset_name: str) -> dg.AssetChecksDefinition:
 
     @dg.asset_check(asset=asset_name, name=f"{asset_name}_contract", blocking=True, partitions_def=dataset_partitions,
                     description=f"pandera contract {model.__name__} (schemas/ingest.py) on the written table")
+    @synced
     def _check(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
         return check_result(validate_parquet(path_of(settings.paths(context.partition_key)), model))
 
@@ -135,6 +138,7 @@ def _contract_check(asset_name: str) -> dg.AssetChecksDefinition:
 @dg.asset_check(asset="canonical_events", blocking=True, partitions_def=dataset_partitions,
                 description="Counts reconcile (read = kept + quarantined + duplicates); id maps dense and "
                             "bijective; events reference only mapped ids; side info covers every item.")
+@synced
 def ingest_consistency_check(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
     return check_result(ingest_consistency(settings.paths(context.partition_key).ingest_dir()))
 
@@ -143,6 +147,7 @@ def ingest_consistency_check(context: dg.AssetCheckExecutionContext, settings: P
                 description="Freshness: no raw file of the dataset is newer than its published ingest outputs "
                             "(fails naming the files; the raw-data sensor then has a refresh to request). Run it "
                             "from the asset's Checks tab at any time.")
+@synced
 def raw_files_ingested(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
     paths = settings.paths(context.partition_key)
     stale = raw_newer_than_outputs(paths) if has_raw_files(paths.raw_dir) else []

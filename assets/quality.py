@@ -7,6 +7,7 @@ import warnings
 
 import dagster as dg
 
+from assets.object_store import synced
 from assets.partitions import dataset_partitions
 from assets.sequences import model_ready_sequences
 from pipelines.layout import producers_of
@@ -33,6 +34,7 @@ def _result(results: dict[str, SuiteResult]) -> dg.AssetCheckResult:
 @dg.asset_check(asset="canonical_events", blocking=False, partitions_def=dataset_partitions,
                 description="Great Expectations suite on a deterministic sample; HTML Data Docs under "
                             "outputs/<dataset>/quality/data_docs/canonical_events/.")
+@synced
 def canonical_events_expectations(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
     cfg = settings.dataset(context.partition_key)
     paths = settings.paths(cfg.name)
@@ -43,6 +45,7 @@ def canonical_events_expectations(context: dg.AssetCheckExecutionContext, settin
 @dg.asset_check(asset=model_ready_sequences, blocking=False, partitions_def=dataset_partitions,
                 description="Great Expectations suites on every model-ready table; HTML Data Docs under "
                             "outputs/<dataset>/quality/data_docs/model_ready/ (a page per table).")
+@synced
 def model_ready_expectations(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
     cfg = settings.dataset(context.partition_key)
     paths = settings.paths(cfg.name)
@@ -90,6 +93,7 @@ def latest_check_results(instance: dg.DagsterInstance, partition_key: str, keys:
                 "sessions, splits, leakage audit, behavior statistics, semantic-ID quality, leaderboard, "
                 "latest check results, provenance.",
 )
+@synced
 def dataset_card(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
     from pipelines.dataset_card import write_card
 

@@ -10,6 +10,7 @@ import dagster as dg
 import polars as pl
 
 from assets.checks import check_result
+from assets.object_store import synced
 from assets.partitions import dataset_partitions
 from pipelines.contracts import validate_parquet
 from pipelines.reporting import markdown_table
@@ -36,6 +37,7 @@ class SemanticIdRunConfig(dg.Config):
 @dg.asset(deps=["item_side_info"], partitions_def=dataset_partitions, group_name=GROUP, kinds={"polars", "parquet"},
           description="One text per item from its side info through the registry's template "
                       "(stages.semantic_ids.text_template); id-only items fall back to 'item <raw id>'.")
+@synced
 def item_text(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
     cfg = settings.dataset(context.partition_key)
     meta = materialize_item_text(cfg, settings.paths(cfg.name), log=context.log.info)
@@ -47,6 +49,7 @@ def item_text(context: dg.AssetExecutionContext, settings: PipelineSettings) -> 
           partitions_def=dataset_partitions, group_name=GROUP, kinds={"torch", "parquet"},
           description="Item vectors: sentence-transformers text embeddings (default all-MiniLM-L6-v2, offline), "
                       "cached by hash(model, text), and/or a truncated SVD of training co-occurrence.")
+@synced
 def item_embeddings(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
     cfg = settings.dataset(context.partition_key)
     meta = materialize_embeddings(cfg, settings.paths(cfg.name), log=context.log.info)
@@ -57,6 +60,7 @@ def item_embeddings(context: dg.AssetExecutionContext, settings: PipelineSetting
           description="Semantic IDs from frozen codebooks trained on training-split items (unique residual "
                       "k-means 3x256 + dedup by default: tuples collide only where vectors are identical); stable across refreshes; quality report in metadata and "
                       "semantic_ids/quality_report.md.")
+@synced
 def semantic_ids(context: dg.AssetExecutionContext, settings: PipelineSettings,
                  config: SemanticIdRunConfig) -> dg.MaterializeResult:
     cfg = settings.dataset(context.partition_key)
@@ -86,6 +90,7 @@ def semantic_ids(context: dg.AssetExecutionContext, settings: PipelineSettings,
 @dg.asset(deps=[semantic_ids], partitions_def=dataset_partitions, group_name=GROUP, kinds={"json"},
           description="Exports: <dataset>.index.json ({item_id: ['<a_12>', ...]}, GAMER / LC-Rec / MiniOneRec) and "
                       "sid_vocab.json; the parquet export is semantic_ids.parquet.")
+@synced
 def semantic_id_exports(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
     cfg = settings.dataset(context.partition_key)
     meta = materialize_exports(cfg, settings.paths(cfg.name), log=context.log.info)
@@ -96,12 +101,14 @@ def semantic_id_exports(context: dg.AssetExecutionContext, settings: PipelineSet
 
 @dg.asset_check(asset=item_text, blocking=True, partitions_def=dataset_partitions,
                 description="pandera ItemText (schemas/semantic_ids.py): one non-empty text per item.")
+@synced
 def item_text_contract(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
     return check_result(validate_parquet(settings.paths(context.partition_key).item_text(), ItemText))
 
 
 @dg.asset_check(asset=item_embeddings, blocking=True, partitions_def=dataset_partitions,
                 description="pandera ItemEmbeddings plus one finite vector per item of the id map.")
+@synced
 def item_embeddings_contract(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
     paths = settings.paths(context.partition_key)
     r = validate_parquet(paths.item_embeddings(), ItemEmbeddings)
@@ -115,6 +122,7 @@ def item_embeddings_contract(context: dg.AssetCheckExecutionContext, settings: P
                             "level's code utilization above stages.semantic_ids.min_utilization, and (when set) the "
                             "collision rate at most stages.semantic_ids.max_excess_collisions above the "
                             "identical-vector floor.")
+@synced
 def semantic_ids_contract(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
     paths = settings.paths(context.partition_key)
     r = validate_parquet(paths.semantic_ids(), SemanticIds)
@@ -127,6 +135,7 @@ def semantic_ids_contract(context: dg.AssetCheckExecutionContext, settings: Pipe
 
 @dg.asset_check(asset=semantic_id_exports, blocking=True, partitions_def=dataset_partitions,
                 description="The .index.json holds every item's tokens, each token in sid_vocab.json.")
+@synced
 def semantic_id_exports_contract(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
     paths = settings.paths(context.partition_key)
     index = json.loads(paths.sid_index().read_text())

@@ -10,6 +10,7 @@ import dagster as dg
 import polars as pl
 
 from assets.checks import check_result
+from assets.object_store import synced
 from assets.partitions import dataset_partitions
 from pipelines.contracts import exports_contract, model_ready_consistency, split_consistency, validate_parquet
 from pipelines.layout import producers_of
@@ -35,6 +36,7 @@ GROUP = "sequences"
     deps=producers_of("events"), partitions_def=dataset_partitions, group_name=GROUP, kinds={"polars", "parquet"},
     description="Cleaned events merged into behavior-set steps (bitmask over the registry vocabulary) with sessions.",
 )
+@synced
 def behavior_sets(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
     cfg = settings.dataset(context.partition_key)
     paths = settings.paths(cfg.name)
@@ -57,6 +59,7 @@ def _split_asset(protocol: str) -> dg.AssetsDefinition:
         description=f"The {protocol} split ({PROTOCOL_TABLE[protocol].description}): a role per step and valid/test "
                     "examples with the leakage filter applied (see pipelines/sequences/splits.py).",
     )
+    @synced
     def _asset(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
         cfg = settings.dataset(context.partition_key)
         paths = settings.paths(cfg.name)
@@ -80,6 +83,7 @@ split_assets = [_split_asset(p) for p in PROTOCOLS]
     description="Leak exposure (target item in the last k history steps) and two leak-exploiting recommenders' "
                 "HR/NDCG@k, before and after the leakage filter, per split: GAMER's Figure 2 on any dataset.",
 )
+@synced
 def leakage_audit(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
     cfg = settings.dataset(context.partition_key)
     paths = settings.paths(cfg.name)
@@ -101,6 +105,7 @@ def leakage_audit(context: dg.AssetExecutionContext, settings: PipelineSettings)
     description="Per split and role (train/valid/test): left-padded arrays of the last max_len history steps "
                 "(items+1, behavior sets, time gaps, sessions+1) with targets, as parquet and .npz.",
 )
+@synced
 def model_ready_sequences(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
     cfg = settings.dataset(context.partition_key)
     paths = settings.paths(cfg.name)
@@ -118,6 +123,7 @@ def model_ready_sequences(context: dg.AssetExecutionContext, settings: PipelineS
     deps=[behavior_sets, *split_assets], partitions_def=dataset_partitions, group_name=GROUP, kinds={"csv", "json"},
     description="EIDP/BLADE split files (user,item,b1..bB), a RecBole atomic .inter file, GAMER-style JSON.",
 )
+@synced
 def sequence_exports(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
     cfg = settings.dataset(context.partition_key)
     paths = settings.paths(cfg.name)
@@ -128,6 +134,7 @@ def sequence_exports(context: dg.AssetExecutionContext, settings: PipelineSettin
 
 def _check(asset, name: str, description: str, fn) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=asset, name=name, blocking=True, partitions_def=dataset_partitions, description=description)
+    @synced
     def _c(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
         cfg = settings.dataset(context.partition_key)
         return fn(cfg, settings.paths(cfg.name))

@@ -23,6 +23,7 @@ import dagster as dg
 
 from assets.checks import check_result
 from assets.executors import run_tags, shard_step_tags
+from assets.object_store import synced
 from assets.partitions import dataset_partitions
 from pipelines import shards
 from pipelines.contracts import ingest_consistency, validate_parquet
@@ -30,6 +31,7 @@ from pipelines.process import peak_rss_mb, reset_peak_rss, threads_used
 from pipelines.registry import load_registry
 from pipelines.resources import PipelineSettings
 from pipelines.sources import SOURCE_FILE, resolve_raw_source
+from pipelines.storage import VersionedOutputs
 from schemas.shards import ShardBucket, ShardRawItems, ShardRawUsers
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
@@ -50,6 +52,17 @@ ALL_SHARDS_OF_DATASET = dg.MultiToSingleDimensionPartitionMapping(partition_dime
 def _keys(context) -> tuple[str, int]:
     key = context.partition_key.keys_by_dimension
     return key["dataset"], int(key["shard"])
+
+
+def _shard_scopes(context, settings: PipelineSettings) -> list[str]:
+    """What a shard run reads and writes (an object-store data root): its own bucket of the map, the
+    merged dense ids and its own folder, not the other shards' rows."""
+    name, k = _keys(context)
+    paths = settings.paths(name)
+    rel = lambda p: p.relative_to(paths.root).as_posix()  # noqa: E731
+    wanted = (paths.shard_bucket(k).name, paths.shard_map_report().name, VersionedOutputs.MANIFEST)
+    return [f"{rel(paths.shard_map_dir())}:{','.join(wanted)}", rel(paths.shard_ids_dir()),
+            rel(paths.of_shard(k).outputs_dir)]
 
 
 # The shard layers' blocking checks run inside their asset's step (``check_specs``), not as steps of
@@ -92,6 +105,7 @@ def event_shard_ids_contract(shard) -> dg.AssetCheckResult:
                       f"good rows bucketed by user shard ({shards.SHARD_HASH}).",
           check_specs=[_spec("event_shards_contract", "event_shards", "pandera ShardBucket (schemas/shards.py) on "
                              "every bucket; bucket rows add up to the good rows.")])
+@synced
 def event_shards(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
     reset_peak_rss()
     cfg = settings.dataset(context.partition_key)
@@ -118,6 +132,7 @@ def _not_a_shard(cfg, k: int) -> dg.MaterializeResult | None:
           description="One shard's distinct raw users and items, each with the first file it occurs in.",
           check_specs=[_spec("event_shard_ids_contract", "event_shard_ids", "pandera ShardRawUsers / ShardRawItems "
                              "(schemas/shards.py) on the shard's distinct ids.")])
+@synced(scopes=_shard_scopes)
 def event_shard_ids(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
     reset_peak_rss()
     name, k = _keys(context)
@@ -135,6 +150,7 @@ def event_shard_ids(context: dg.AssetExecutionContext, settings: PipelineSetting
           deps=[dg.AssetDep(event_shard_ids, partition_mapping=ALL_SHARDS_OF_DATASET)],
           description="Dense user and item ids from every shard's distinct raw ids, by (first file, raw id): the "
                       "ids a single-machine ingest assigns. Item side info.")
+@synced
 def dense_ids(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
     reset_peak_rss()
     cfg = settings.dataset(context.partition_key)
@@ -150,6 +166,7 @@ def dense_ids(context: dg.AssetExecutionContext, settings: PipelineSettings) -> 
           deps=[dg.AssetDep(dense_ids, partition_mapping=ALL_SHARDS_OF_DATASET)],
           description="One shard's canonical events, behavior-set steps and sessions, per-user splits with the "
                       "leakage filter, model-ready arrays and training behavior counts.")
+@synced(scopes=_shard_scopes)
 def shard_sequences(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
     reset_peak_rss()
     name, k = _keys(context)
@@ -173,6 +190,7 @@ def shard_sequences(context: dg.AssetExecutionContext, settings: PipelineSetting
           check_specs=[_spec("sharded_dataset_consistency", "sharded_dataset", "The merged ingest tables pass the "
                              "single-machine ingest's consistency check (counts reconcile, id maps dense and bijective, "
                              "events reference mapped ids).")])
+@synced
 def sharded_dataset(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
     reset_peak_rss()
     cfg = settings.dataset(context.partition_key)

@@ -13,6 +13,7 @@ import polars as pl
 import pydantic
 
 from assets.checks import check_result
+from assets.object_store import synced
 from assets.partitions import dataset_partitions
 from pipelines.contracts import validate_parquet
 from pipelines.layout import global_leaderboard
@@ -68,6 +69,7 @@ def _training_asset(name: str) -> dg.AssetsDefinition:
               group_name=GROUP, kinds={"torch"},
               description=f"{DESCRIPTIONS[name]} Early stopping on validation NDCG@10; checkpoint with its config "
                           "and data version under training/<protocol>/" + name + "/.")
+    @synced
     def _asset(context: dg.AssetExecutionContext, settings: PipelineSettings, config: run_config) -> dg.MaterializeResult:  # type: ignore[valid-type]
         cfg = settings.dataset(context.partition_key)
         opts = TrainingOptions.of(cfg)
@@ -101,6 +103,7 @@ class EvaluationRunConfig(dg.Config):
           description="Full-ranking test HR/NDCG@{5,10,20} and MRR of every model, per target behavior, with the "
                       "leakage filter and without it side by side; the dataset's leaderboard. A checkpoint whose "
                       "data changed since training fails here instead of scoring new data with an old model.")
+@synced
 def evaluation(context: dg.AssetExecutionContext, settings: PipelineSettings, config: EvaluationRunConfig) -> dg.MaterializeResult:
     cfg = settings.dataset(context.partition_key)
     opts = TrainingOptions.of(cfg)
@@ -118,6 +121,7 @@ def evaluation(context: dg.AssetExecutionContext, settings: PipelineSettings, co
 @dg.asset_check(asset=evaluation, blocking=True, partitions_def=dataset_partitions,
                 description="pandera EvaluationResults (schemas/training.py); every model scored on the same "
                             "test examples, with and without the filter.")
+@synced
 def evaluation_contract(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
     path = settings.paths(context.partition_key).evaluation_results()
     r = validate_parquet(path, EvaluationResults)
@@ -135,6 +139,8 @@ def evaluation_contract(context: dg.AssetCheckExecutionContext, settings: Pipeli
           description="Every dataset's evaluation in one table (data/outputs/leaderboard.{parquet,md}). One "
                       "partition: it is rebuilt from every dataset's evaluation results on disk, so two datasets "
                       "refreshed at once cannot drop each other's rows.")
+@synced(scopes=lambda context, settings: [
+    *(f"outputs/{name}/evaluation" for name in settings.registry().names), "outputs/leaderboard"])
 def cross_dataset_leaderboard(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
     table = update_global_leaderboard(settings.data_root_path())
     if table.is_empty():
