@@ -116,6 +116,7 @@ SLOWEST_FIRST = ("test_training_assets.py",  # 326 s
                  "test_ui.py",  # 137 s
                  "test_blade.py",  # 136 s
                  "test_demo_signals.py",  # 62 s
+                 "test_object_store.py",  # 45 s alone, mostly waiting on the store and CLI runs
                  "test_semantic_ids.py",  # 51 s, builds the shared KuaiSAR project
                  "test_dataset_card.py",  # 51 s
                  "test_contracts.py", "test_reproducible.py", "test_shards.py", "test_sequence_assets.py",

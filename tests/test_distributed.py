@@ -2,8 +2,9 @@
 a real PostgreSQL, the executor switch and the cluster recipe (deploy/).
 
 The servers are throwaway processes from tests/services.py (skipped with the reason when redis-server
-or PostgreSQL is not installed; `make services` installs them). Kubernetes and object stores are not
-available here: the Helm values are checked for the keys that matter, not applied.
+or PostgreSQL is not installed; `make services` installs them). Kubernetes is not available here: the
+Helm values are checked for the keys that matter, not applied. The object-store data root is
+tests/test_object_store.py.
 """
 
 from __future__ import annotations

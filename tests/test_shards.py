@@ -154,14 +154,3 @@ def test_the_registry_refuses_shards_where_they_cannot_work(tmp_path):
     assert "k-core" in kcore.not_shardable(4) and kcore.not_shardable(1) is None
     with pytest.raises(shards.ShardError, match="k-core"):
         shards.map_to_shards(kcore, tmp_path, DatasetLayout(tmp_path, "taobao"), 4, log=quiet)
-
-
-def test_the_data_root_is_a_path_or_file_url_never_an_object_store(tmp_path, monkeypatch):
-    from pipelines.layout import data_root_path, default_data_root
-
-    assert data_root_path(str(tmp_path)) == tmp_path
-    assert data_root_path(f"file://{tmp_path}/with%20space") == tmp_path / "with space"
-    monkeypatch.setenv("MBREC_DATA_ROOT", "s3://bucket/mbrec")
-    with pytest.raises(ValueError, match=r"MBREC_DATA_ROOT='s3://bucket/mbrec': the data root must be a POSIX "
-                                         r"file system .* atomic rename"):
-        default_data_root()
