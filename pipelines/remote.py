@@ -266,17 +266,17 @@ class RemoteRoot:
             remote = self.list_remote(scopes)
             link_objects = {rel[: -len(LINK_SUFFIX)]: info for rel, info in remote.items() if rel.endswith(LINK_SUFFIX)}
             objects = {rel: info for rel, info in remote.items() if not rel.endswith(LINK_SUFFIX)}
+            todo = {}
             for rel, info in sorted(objects.items()):
-                path = self.local / rel
                 record = state["files"].get(rel)
-                if record and record[2] == _etag(info) and _same_stat(path, record):
+                if record and record[2] == _etag(info) and _same_stat(self.local / rel, record):
                     report.unchanged += 1
-                    continue
-                self._download(rel, info, path, state)
-                report.files += 1
-                report.bytes += int(info.get("size") or 0)
-                if len(report.moved) < 10:
-                    report.moved.append(rel)
+                else:
+                    todo[rel] = info
+            self._download(todo, state, log)
+            report.files = len(todo)
+            report.bytes = sum(int(info.get("size") or 0) for info in todo.values())
+            report.moved = list(todo)[:10]
             for rel, info in sorted(link_objects.items()):
                 target = self.fs.cat_file(self._abs(rel + LINK_SUFFIX)).decode().strip()
                 if "/" in target or not target.startswith("."):
@@ -311,20 +311,29 @@ class RemoteRoot:
             log(f"{self.url} -> {self.local}: {report.describe()}")
         return report
 
-    def _download(self, rel: str, info: dict[str, Any], path: Path, state: dict[str, Any]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            self.fs.get_file(self._abs(rel), str(tmp))
-            mtime = _mtime_ns(info)
-            os.utime(tmp, ns=(mtime, mtime))
+    def _download(self, todo: dict[str, dict[str, Any]], state: dict[str, Any], log: Callable[[str], None]) -> None:
+        """Fetch ``todo`` in one batch (the driver runs the transfers concurrently) into temporary
+        names, then rename each into place with the object's modification time."""
+        if not todo:
+            return
+        _say_size(log, "downloading", {rel: int(info.get("size") or 0) for rel, info in todo.items()})
+        paths = {rel: self.local / rel for rel in todo}
+        tmps = {rel: path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp") for rel, path in paths.items()}
+        for rel, path in paths.items():
             if path.is_dir() and not path.is_symlink():
                 raise ObjectStoreError(f"{path} is a folder here and a file in the store")
-            os.replace(tmp, path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.fs.get([self._abs(rel) for rel in todo], [str(tmps[rel]) for rel in todo])
+            for rel, info in todo.items():
+                mtime = _mtime_ns(info)
+                os.utime(tmps[rel], ns=(mtime, mtime))
+                os.replace(tmps[rel], paths[rel])
+                stat = paths[rel].stat()
+                state["files"][rel] = [stat.st_size, stat.st_mtime_ns, _etag(info)]
         finally:
-            tmp.unlink(missing_ok=True)
-        stat = path.stat()
-        state["files"][rel] = [stat.st_size, stat.st_mtime_ns, _etag(info)]
+            for tmp in tmps.values():
+                tmp.unlink(missing_ok=True)
 
     # ----------------------------------------------------------------------------- push
     def push(self, scopes: list[str], log: Callable[[str], None] = print) -> SyncReport:
@@ -333,19 +342,25 @@ class RemoteRoot:
         scopes = [s.strip("/") for s in scopes]
         with self._state() as state:
             files, links = self.list_local(scopes)
+            todo = {}
             for rel, path in sorted(files.items()):
                 record = state["files"].get(rel)
                 if record and _same_stat(path, record):
                     report.unchanged += 1
-                    continue
-                stat = path.stat()
-                self.fs.put_file(str(path), self._abs(rel))
-                info = self.fs.info(self._abs(rel))
-                state["files"][rel] = [stat.st_size, stat.st_mtime_ns, _etag(info)]
-                report.files += 1
-                report.bytes += stat.st_size
-                if len(report.moved) < 10:
-                    report.moved.append(rel)
+                else:
+                    todo[rel] = path.stat()
+            if todo:
+                _say_size(log, "uploading", {rel: stat.st_size for rel, stat in todo.items()})
+                # one batch (concurrent in the driver), then one listing for the ETags the store gave them
+                self.fs.put([str(files[rel]) for rel in todo], [self._abs(rel) for rel in todo])
+                listed = self.list_remote(scopes)
+                for rel, stat in todo.items():
+                    if rel not in listed:
+                        raise ObjectStoreError(f"{self._abs(rel)} was uploaded but the store does not list it")
+                    state["files"][rel] = [stat.st_size, stat.st_mtime_ns, _etag(listed[rel])]
+            report.files = len(todo)
+            report.bytes = sum(stat.st_size for stat in todo.values())
+            report.moved = list(todo)[:10]
             # the links last: each one publishes a version folder that is now complete in the store
             for rel, target in sorted(links.items()):
                 if state["links"].get(rel) == target:
@@ -377,6 +392,16 @@ class RemoteRoot:
                 self.fs.rm_file(path)
             except FileNotFoundError:
                 pass
+
+
+BIG_TRANSFER = 64 << 20  # a batch at least this large says what it moves before it starts
+
+
+def _say_size(log: Callable[[str], None], verb: str, sizes: dict[str, int]) -> None:
+    total = sum(sizes.values())
+    if total >= BIG_TRANSFER:
+        largest = max(sizes, key=lambda rel: sizes[rel])
+        log(f"{verb} {len(sizes)} file(s), {total / 1e6:,.0f} MB (largest {largest}, {sizes[largest] / 1e6:,.0f} MB) ...")
 
 
 def _version_folder_test(entries: list[os.DirEntry]) -> Callable[[str], bool]:
