@@ -204,11 +204,11 @@ class RemoteRoot:
                 continue
             for entry in siblings:
                 rel = self._rel(entry["name"])
-                base = rel.rpartition("/")[2]
+                leaf = rel.rpartition("/")[2]
                 if entry.get("type") == "directory":
-                    if base.startswith(f".{name}.v-"):
+                    if leaf.startswith(f".{name}.v-"):
                         out.update(self._find(rel))
-                elif base.startswith(name + ".") and base != name:
+                elif leaf.startswith(name + ".") and leaf != name:
                     out[rel] = entry
         return {rel: info for rel, info in out.items() if any(_matches(rel, s) for s in scopes)}
 
