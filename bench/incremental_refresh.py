@@ -3,9 +3,11 @@
     python bench/incremental_refresh.py                  # 2M generated Taobao rows
     python bench/incremental_refresh.py --rows 2e7       # the figure issue 14 asks for
 
-A generated Taobao-format file is cut at a line boundary into a base drop (the first 99% of its
-bytes, ``events_1.csv``) and a daily drop (the last 1%, ``events_2.csv``); the registry entry reads
-``events_*.csv``. The base is ingested once (not timed); then, after the drop arrives, this prints
+A generated Taobao-format file is cut by time into a base drop (``events_1.csv``) and a daily drop
+(``events_2.csv``: the newest 1% of the events, from every user active then, as a day's log file
+would hold them; the generated file, like the real one, is ordered by user, so its last 1% of bytes
+would be 1% of the users, nearly all new); the registry entry reads ``events_*.csv``. It prints how
+many known users the drop touches. The base is ingested once (not timed); then, after the drop arrives, this prints
 the wall time (Python's ``time.perf_counter``) of
 
 - the incremental ingest (parses ``events_2.csv`` only, rewrites the tables),
@@ -47,13 +49,19 @@ def generate(work: Path, rows: int, seed: int) -> Path:
 
 
 def split_drop(csv: Path, raw: Path, drop_share: float) -> tuple[int, int]:
-    """events_1.csv = the first (1 - drop_share) of the bytes, events_2.csv = the rest (cut after a newline)."""
+    """events_2.csv = the newest ``drop_share`` of the events by timestamp (the daily drop: every user
+    active in that window), events_1.csv = the rest; both keep the file's line order and text."""
+    import polars as pl
+
     raw.mkdir(parents=True, exist_ok=True)
-    data = csv.read_bytes()
-    cut = data.rfind(b"\n", 0, int(len(data) * (1 - drop_share))) + 1
-    (raw / "events_1.csv").write_bytes(data[:cut])
-    (raw / "events_2.csv").write_bytes(data[cut:])
-    return data[:cut].count(b"\n"), data[cut:].count(b"\n")
+    lines = pl.read_csv(csv, has_header=False, separator="\x1f", quote_char=None, new_columns=["line"],
+                        infer_schema=False)["line"]
+    ts = lines.str.extract(r",(-?\d+)$", 1).cast(pl.Int64)
+    cut = ts.quantile(1 - drop_share, interpolation="lower")
+    newest = (ts > cut).fill_null(False)  # a malformed line (no timestamp) stays in the base
+    for name, part in (("events_1.csv", lines.filter(~newest)), ("events_2.csv", lines.filter(newest))):
+        (raw / name).write_text("\n".join(part.to_list()) + "\n")
+    return int((~newest).sum()), int(newest.sum())
 
 
 def timed(label: str, fn):
@@ -89,6 +97,15 @@ def main() -> None:
     base_rows, drop_rows = split_drop(csv, inc.raw_dir, args.drop)
     quiet = lambda _msg: None  # noqa: E731
     print(f"base drop {base_rows:,} rows, daily drop {drop_rows:,} rows ({args.drop:.0%})")
+    import polars as pl
+
+    def users_of(name: str) -> pl.DataFrame:
+        return pl.scan_csv(inc.raw_dir / name, has_header=False, schema={"u": pl.Utf8, "i": pl.Utf8, "c": pl.Utf8,
+                           "b": pl.Utf8, "t": pl.Utf8}).select("u").unique().collect()
+    base_users, drop_users = users_of("events_1.csv"), users_of("events_2.csv")
+    known = drop_users.join(base_users, on="u").height
+    print(f"the drop touches {drop_users.height:,} users: {known:,} known ({known / base_users.height:.1%} of the "
+          f"base's {base_users.height:,}), {drop_users.height - known:,} new")
     shutil.move(inc.raw_dir / "events_2.csv", args.work / "events_2.csv")
     timed("initial ingest of the base (setup)", lambda: ingest_dataset(cfg, inc.raw_dir, inc.ingest_dir(), log=quiet))
     shutil.move(args.work / "events_2.csv", inc.raw_dir / "events_2.csv")
