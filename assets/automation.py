@@ -74,7 +74,11 @@ def raw_data_sensor(context: dg.SensorEvaluationContext, settings: PipelineSetti
         if name not in loaded:
             notes.append(f"{name} is in the registry but not a partition yet: reload the code location")
             continue
-        change = scan_raw_folder(name, settings.paths(name), state.get(name))
+        paths = settings.paths(name)
+        published = None
+        if remote is not None and state.get(name) is None:  # first look: the store knows what was ingested
+            published = remote.published_at_ns(paths.ingest_dir().relative_to(paths.root).as_posix())
+        change = scan_raw_folder(name, paths, state.get(name), published)
         state[name] = change.files
         if not change.changed:
             continue

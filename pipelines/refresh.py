@@ -47,11 +47,14 @@ def published_at_ns(paths: DatasetLayout) -> int | None:
     return events.stat().st_mtime_ns if events.exists() else None
 
 
-def scan_raw_folder(dataset: str, paths: DatasetLayout, seen: dict[str, Fingerprint] | None) -> RawChange:
-    """What changed in ``raw/<dataset>/`` since ``seen`` (the sensor's last view; None: never looked)."""
+def scan_raw_folder(dataset: str, paths: DatasetLayout, seen: dict[str, Fingerprint] | None,
+                    published_ns: int | None = None) -> RawChange:
+    """What changed in ``raw/<dataset>/`` since ``seen`` (the sensor's last view; None: never looked).
+    ``published_ns``: when the ingest outputs were published, where the caller knows it better than
+    the local events file (an object-store data root: the store's link object)."""
     now = fingerprint_dir(paths.raw_dir)
     if seen is None:
-        published = published_at_ns(paths)
+        published = published_ns if published_ns is not None else published_at_ns(paths)
         if published is not None:  # first look: what the published outputs already hold counts as seen
             seen = {name: fp for name, fp in now.items() if fp.mtime_ns <= published}
         else:

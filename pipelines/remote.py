@@ -159,6 +159,15 @@ class RemoteRoot:
             raise ObjectStoreError(f"{absolute} is not below {self.base}")
         return absolute[len(prefix):]
 
+    def published_at_ns(self, rel: str) -> int | None:
+        """When the versioned folder ``rel`` was last published to the store (its link object's
+        modification time), or None when it never was."""
+        self.fs.invalidate_cache()
+        try:
+            return _mtime_ns(self.fs.info(self._abs(rel + LINK_SUFFIX)))
+        except FileNotFoundError:
+            return None
+
     # ----------------------------------------------------------------------------- state
     @contextmanager
     def _state(self) -> Iterator[dict[str, dict[str, Any]]]:
