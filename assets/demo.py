@@ -19,6 +19,51 @@ from pipelines.registry import REPO_ROOT
 from pipelines.sequences.splits import default_protocol
 
 
+# What `make demo` trains: every model on every dataset, at budgets that fit the whole demo in about
+# four minutes on two cores (`--full-training` trains at the registry's defaults instead, about ten).
+# Small batches: on the generated datasets (800-1,500 training sequences) a model improves per optimizer
+# step, not per epoch, and a batch of 16 or 32 takes two to eight times the steps of the defaults' at
+# about the same cost per epoch, so these few epochs reach most of what the defaults reach in 20-30
+# (README, "Demo and test time": the curves, and where each model beats popularity at these budgets).
+# Early stopping still runs; the cap is the epoch count.
+DEMO_TRAINING: dict[str, dict[str, int]] = {
+    "sasrec": {"batch_size": 32, "epochs": 8},
+    "behavior_set": {"batch_size": 16, "epochs": 8},
+    "generative_sid": {"batch_size": 16, "epochs": 5},
+    "blade": {"batch_size": 32, "epochs": 2},
+}
+
+
+def demo_budgets_line(training: dict[str, dict[str, int]]) -> str:
+    """One line naming the budgets a demo trains at (printed before the runs start)."""
+    if not training:
+        return "training at the registry's defaults (--full-training)"
+    return ("training at the demo's budgets (" + "; ".join(
+        f"{m} {c['epochs']} epochs, batch {c['batch_size']}" for m, c in training.items())
+        + "); --full-training for the registry's defaults")
+
+
+def demo_run_config(training: dict[str, dict] | None) -> dict:
+    """Run config of one dataset's ``materialize_all`` run: quiet console, ``training`` per model."""
+    return {"loggers": {"console": {"config": {"log_level": "WARNING"}}},
+            "ops": {f"trained_{m}": {"config": c} for m, c in (training or {}).items()}}
+
+
+def longest_first(keys: list[str], settings) -> list[str]:
+    """Datasets in order of expected work, largest first (longest-processing-time-first keeps the two
+    workers busy to the end): the raw files' bytes, or for generated data the events it will have
+    (users x events per user, at about 60 bytes a line). Ties keep registry order."""
+    def work(key: str) -> float:
+        cfg, paths = settings.dataset(key), settings.paths(key)
+        raw = paths.raw_dir
+        files = [f for f in raw.rglob("*") if f.is_file() and not f.name.startswith(".")] if raw.is_dir() else []
+        files = [f for f in files if f.name.lower() != "readme.md"]
+        if files:
+            return float(sum(f.stat().st_size for f in files))
+        return cfg.synthetic.users * cfg.synthetic.events_per_user * 60.0
+    return sorted(keys, key=lambda k: -work(k))
+
+
 def _threads_per_job(jobs: int) -> int:
     """The CPUs this process may use (affinity, cgroup quota: a pinned or limited container), shared by the jobs."""
     return max(1, available_cpus() // max(jobs, 1))
@@ -30,8 +75,9 @@ def _limit_threads(n: int) -> None:
         os.environ[var] = str(n)
 
 
-def run_partition(key: str, threads: int | None = None) -> dict:
-    """Materialize every asset of one dataset partition in this process; returns what main prints."""
+def run_partition(key: str, threads: int | None = None, training: dict[str, dict] | None = None) -> dict:
+    """Materialize every asset of one dataset partition in this process; returns what main prints.
+    ``training``: run config of ``trained_<model>`` per model (models not named: registry defaults)."""
     if threads:
         _limit_threads(threads)
     import dagster as dg
@@ -48,7 +94,7 @@ def run_partition(key: str, threads: int | None = None) -> dict:
     with dg.DagsterInstance.get() as instance:
         result = defs.resolve_job_def("materialize_all").execute_in_process(
             partition_key=key, instance=instance, raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            run_config=demo_run_config(training),
         )
         stats = {s.step_key: (s.end_time or 0) - (s.start_time or 0) for s in instance.get_run_step_stats(result.run_id)}
     if _interrupted(result):
@@ -141,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2,
                         help="datasets materialized side by side, one worker process each (default 2)")
     parser.add_argument("--timings", action="store_true", help="print seconds per asset from the run records")
+    parser.add_argument("--full-training", action="store_true",
+                        help="train every model at the registry's defaults, not at the demo's short budgets")
     args = parser.parse_args(argv)
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".dagster_home"))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
@@ -149,12 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.resources import PipelineSettings
     from pipelines.training.stage import update_global_leaderboard
 
-    keys = args.datasets or dataset_partitions.get_partition_keys()
     settings = PipelineSettings()
+    keys = args.datasets or longest_first(dataset_partitions.get_partition_keys(), settings)
+    training = {} if args.full_training else DEMO_TRAINING
     failed = []
     began = time.perf_counter()
     jobs = max(1, min(args.jobs, len(keys)))
     print(f"materializing every asset of {len(keys)} dataset(s), {jobs} side by side ...", flush=True)
+    print(demo_budgets_line(training), flush=True)
     done: dict[str, dict] = {}
 
     stop = {"requested": False}
@@ -185,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         while waiting or running:
             while waiting and len(running) < jobs and not stop["requested"]:
                 key = waiting.pop(0)
-                running[pool.submit(run_partition, key, _threads_per_job(jobs))] = key
+                running[pool.submit(run_partition, key, _threads_per_job(jobs), training)] = key
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 key = running.pop(future)

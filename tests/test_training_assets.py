@@ -27,8 +27,8 @@ def taobao(tmp_path_factory):
     # popularity plateau, 0.05-0.06, for five epochs), all far above 1.5x popularity (validation 0.056).
     # With these budgets test NDCG@10 was sasrec 0.140, behavior_set 0.149, generative_sid 0.152 against
     # popularity's 0.072 (the test asks for 0.108), so the budgets test the same claim at a fraction of
-    # the suite's critical path; `make demo` trains at the full defaults. blade is not among the models
-    # asserted to beat popularity here (see its own tests): two epochs.
+    # the suite's critical path (`make demo` trains at its own short budgets, `assets/demo.py`). blade is
+    # not among the models asserted to beat popularity here (see its own tests): two epochs.
     budgets = {"sasrec": {"epochs": 5}, "behavior_set": {"epochs": 8}, "generative_sid": {"epochs": 8},
                "blade": {"epochs": 2, "min_epochs": 1}}
     materialize_project("taobao", root, training=budgets)
