@@ -272,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  tables and reports  {root / 'outputs'}/<dataset>/<stage>/")
     print(f"  leakage audits      {root / 'outputs'}/<dataset>/leakage/leakage_audit.md (+ .png)")
     print(f"  dataset cards       {root / 'outputs'}/<dataset>/card/dataset_card.html")
-    print(f"  leaderboard         {root / 'outputs' / 'leaderboard.md'}   (every dataset and model)")
+    print(f"  leaderboard         {root / 'outputs' / 'leaderboard.md'}   (every dataset and model"
+          + ("; trained at the demo's budgets" if training else "") + ")")
     print(f"  semantic IDs        {root / 'outputs'}/<dataset>/semantic_ids/quality_report.md, exports/")
     print(f"  Data Docs           {root / 'outputs'}/<dataset>/quality/data_docs/*/index.html")
     print(f"  generated raw data  {root / 'generated'}/<dataset>/   (used because data/raw/<dataset>/ is empty)")
