@@ -310,12 +310,15 @@ def seaweedfs_server(timeout: float = 60.0) -> Iterator[ObjectStore]:
     endpoint = f"http://127.0.0.1:{ports['s3']}"
     try:
         with open(log, "wb") as out:
+            # its logs and local sockets go to the work dir (by default they pile up in /tmp)
             proc = subprocess.Popen(
-                [binary, "server", f"-dir={workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                [binary, f"-logdir={workdir}", "server", f"-dir={workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                  f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", "-volume.max=8",
                  "-filer", f"-filer.port={ports['filer']}", "-s3", f"-s3.port={ports['s3']}",
-                 "-s3.port.iceberg=0", "-s3.port.lance=0"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                 "-s3.port.iceberg=0", "-s3.port.lance=0",
+                 f"-filer.localSocket={workdir / 'filer.sock'}", f"-s3.localSocket={workdir / 's3.sock'}"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                env={**os.environ, "TMPDIR": str(workdir)})
         options = {"endpoint_url": endpoint, "key": "mbrec", "secret": "mbrec-secret"}
         fs = s3fs.S3FileSystem(**options)
 
@@ -344,6 +347,9 @@ def seaweedfs_server(timeout: float = 60.0) -> Iterator[ObjectStore]:
             _stop(proc, group=True, timeout=3.0)  # a throwaway store: no need to wait for a clean stop
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        for port in ports.values():  # its gRPC sockets are always made in /tmp: remove ours
+            for sock in Path("/tmp").glob(f"seaweedfs-*-grpc-{port + 10000}.sock"):
+                sock.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
