@@ -61,13 +61,16 @@ def _counts(out: Path) -> dict:
     return {k: report[k] for k in COUNTS}
 
 
-def test_daily_drops_give_the_bytes_of_a_full_rebuild(registry, drops, tmp_path):
+# one shard, and several: each shard then reads its user range of the published events and puts the
+# drop's rows of that range after them (the path a 20M-row dataset takes)
+@pytest.mark.parametrize("rows_per_shard", [5_000_000, 400])
+def test_daily_drops_give_the_bytes_of_a_full_rebuild(registry, drops, tmp_path, rows_per_shard):
     cfg = _cfg(registry)
     raw, inc, full = tmp_path / "raw", tmp_path / "inc", tmp_path / "full"
     summaries, maps = [], []
     for k, text in enumerate(drops):
         _write_drop(raw, k, text)
-        summaries.append(_ingest(cfg, raw, inc))
+        summaries.append(_ingest(cfg, raw, inc, rows_per_shard=rows_per_shard))
         maps.append((pl.read_parquet(inc / "user_id_map.parquet"), pl.read_parquet(inc / "item_id_map.parquet")))
     first, *later = summaries
     assert (first.mode, first.reason, first.files_parsed) == ("full", "no previous ingest", ["events_1.csv"])
@@ -81,7 +84,7 @@ def test_daily_drops_give_the_bytes_of_a_full_rebuild(registry, drops, tmp_path)
         assert u1.head(u0.height).equals(u0) and i1.head(i0.height).equals(i0)
         assert u1.height > u0.height and i1.height > i0.height  # later drops bring new users and items
 
-    rebuilt = _ingest(cfg, raw, full)
+    rebuilt = _ingest(cfg, raw, full, rows_per_shard=rows_per_shard)
     assert rebuilt.mode == "full"
     assert _bytes(inc) == _bytes(full)
     assert _counts(inc) == _counts(full)
@@ -94,7 +97,7 @@ def test_daily_drops_give_the_bytes_of_a_full_rebuild(registry, drops, tmp_path)
     assert [f["name"] for f in state["files"]] == [f"events_{k + 1}.csv" for k in range(DAYS)]
     assert INGEST_FILES["ingest_state"] in json.loads((inc / "_manifest.json").read_text())["files"]
 
-    again = _ingest(cfg, raw, inc)  # nothing new: nothing parsed, outputs unchanged
+    again = _ingest(cfg, raw, inc, rows_per_shard=rows_per_shard)  # nothing new: nothing parsed, outputs unchanged
     assert (again.mode, again.files_parsed, again.rows_kept) == ("incremental", [], rebuilt.rows_kept)
     assert _bytes(inc) == _bytes(full)
 
