@@ -52,7 +52,7 @@ def test_eidp_uses_any_non_auxiliary_step(registry):
     s = splits.eidp(make_steps(), cfg)
     assert roles_by_user(s)[0] == ["train", "train", "train", "valid", "test", "excluded"]
     assert roles_by_user(s)[1] == ["train", "train"]  # as in the releases: training-only, not excluded
-    assert s.users_excluded == 0 and "1 users without two target steps" in s.note
+    assert s.users_excluded == 0 and s.counts == {"users_training_only": 1} and "training-only" in s.note
     # user 3: non-auxiliary steps 2 (cart), 4 (buy), 7 (buy) -> valid 4, test 7; the pv steps between are "between"
     assert roles_by_user(s)[3] == ["train", "train", "train", "train", "valid", "between", "between", "test"]
 

@@ -46,12 +46,19 @@ def test_many_shards_give_the_same_tables_as_one(taobao, tmp_path):
     many = DatasetPaths(tmp_path, "taobao")
     shutil.copytree(paths.stage_dir("ingest"), many.stage_dir("ingest"))
     # many user shards, and windows expanded a few examples at a time (leakage filter, arrays)
+    summaries = []
     for p, shard_rows, block in ((paths, 10**9, 10**9), (many, 7_000, 37)):
-        materialize_steps(cfg, p, log=lambda _: None, rows_per_shard=shard_rows)
-        for protocol in ("leave_one_out", "temporal", "session"):
-            materialize_split(cfg, p, protocol, log=lambda _: None, rows_per_shard=shard_rows,
-                              examples_per_block=block)
+        summaries.append([materialize_steps(cfg, p, log=lambda _: None, rows_per_shard=shard_rows)])
+        for protocol in ("leave_one_out", "temporal", "session", "eidp"):
+            summaries[-1].append(materialize_split(cfg, p, protocol, log=lambda _: None, rows_per_shard=shard_rows,
+                                                   examples_per_block=block))
         materialize_model_ready(cfg, p, log=lambda _: None, rows_per_shard=shard_rows, examples_per_block=block)
+    one, several = summaries
+    assert one[0].shards == 1 and several[0].shards > 1
+    one[0].shards = several[0].shards = 0
+    # every count (users excluded, training-only users, leaks, roles) sums over the shards
+    assert one == several
+    assert one[-1].user_counts["users_training_only"] > 0  # eidp
     one_steps = pl.read_parquet(paths.stage_dir("sequences") / "steps.parquet")
     assert one_steps.equals(pl.read_parquet(many.stage_dir("sequences") / "steps.parquet"))
     for protocol in ("leave_one_out", "temporal", "session"):

@@ -95,8 +95,10 @@ def _two_last(steps: pl.DataFrame, is_target: pl.Expr, protocol: str, short_user
     picked = np.flatnonzero((code == VALID) | (code == TEST))
     examples = _examples_at(steps, picked, code[picked], step[picked])
     short = int(steps[c.USER_ID].n_unique() - last2.height)
-    return Split(protocol, roles, examples, 0 if short_users_train else short,
-                 note=f"{short} users without two target steps are training-only" if short_users_train else "")
+    if short_users_train:  # a count, not note text: a split over several user shards adds them up
+        return Split(protocol, roles, examples, 0, counts={"users_training_only": short},
+                     note="users without two target steps are training-only (users_training_only)")
+    return Split(protocol, roles, examples, short)
 
 
 def _examples_at(steps: pl.DataFrame, rows: np.ndarray, roles: np.ndarray, history_end: np.ndarray) -> pl.DataFrame:
