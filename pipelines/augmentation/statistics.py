@@ -58,14 +58,15 @@ class BehaviorCounts:
 def count_sets(train_steps: pl.DataFrame, n_behaviors: int) -> BehaviorCounts:
     """Counts over training steps (user_id, step, behaviors), steps of a user in sequence order."""
     masks = train_steps[c.BEHAVIORS]
-    counts = {int(m): int(n) for m, n in masks.value_counts().iter_rows() if m}
+    # hash group-bys, then sorted by value: the order np.unique gave, at a tenth of its sort's cost
+    counts = {int(m): int(n) for m, n in masks.to_frame("m").group_by("m").len().sort("m").iter_rows() if m}
     user = train_steps[c.USER_ID].to_numpy()
     step = train_steps["step"].to_numpy().astype(np.int64)
     b = masks.to_numpy().astype(np.int64)
     consecutive = (user[1:] == user[:-1]) & (step[1:] == step[:-1] + 1)
-    pairs = (b[:-1][consecutive] << 16) | b[1:][consecutive]
-    values, n = np.unique(pairs, return_counts=True)
-    transitions = {(int(v >> 16), int(v & 0xFFFF)): int(k) for v, k in zip(values, n, strict=True)}
+    pairs = pl.Series("p", (b[:-1][consecutive] << 16) | b[1:][consecutive])
+    transitions = {(int(v >> 16), int(v & 0xFFFF)): int(k)
+                   for v, k in pairs.to_frame().group_by("p").len().sort("p").iter_rows()}
     return BehaviorCounts(n_behaviors, counts, transitions)
 
 
