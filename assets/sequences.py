@@ -25,7 +25,9 @@ from schemas.sequences import (
     LeakageAudit,
     ModelReadySequences,
     SplitRoles,
+    SplitUsers,
     TrainingExamples,
+    UserDigests,
 )
 
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
@@ -142,6 +144,14 @@ def _check(asset, name: str, description: str, fn) -> dg.AssetChecksDefinition:
     return _c
 
 
+def _steps_check(paths) -> dg.AssetCheckResult:
+    r = validate_parquet(paths.steps(), BehaviorSteps)
+    if r.passed and paths.user_digests().is_file():  # a merge of user-hash shards may not write them
+        digests = validate_parquet(paths.user_digests(), UserDigests)
+        return check_result(digests if not digests.passed else r)
+    return check_result(r)
+
+
 def _model_ready_check(cfg, paths) -> dg.AssetCheckResult:
     for table in paths.model_ready_tables():
         r = validate_parquet(table, ModelReadySequences)
@@ -160,7 +170,8 @@ def _split_checks(protocol: str, asset) -> list[dg.AssetChecksDefinition]:
             return skipped
         for file, model in ((paths.roles(protocol), SplitRoles), (paths.examples(protocol), EvaluationExamples),
                             (paths.examples(protocol, filtered=False), EvaluationExamples),
-                            (paths.train_examples(protocol), TrainingExamples)):
+                            (paths.train_examples(protocol), TrainingExamples),
+                            (paths.split_users(protocol), SplitUsers)):
             r = validate_parquet(file, model)
             if not r.passed:
                 return check_result(r)
@@ -174,7 +185,8 @@ def _split_checks(protocol: str, asset) -> list[dg.AssetChecksDefinition]:
 
     return [
         _check(asset, f"split_{protocol}_contract",
-               "pandera SplitRoles, EvaluationExamples (filtered and unfiltered), TrainingExamples (schemas/sequences.py)",
+               "pandera SplitRoles, EvaluationExamples (filtered and unfiltered), TrainingExamples, SplitUsers "
+               "(schemas/sequences.py)",
                contract),
         _check(asset, f"split_{protocol}_consistency",
                "Every step in exactly one role; histories end before their targets; no leaking step left after "
@@ -184,8 +196,8 @@ def _split_checks(protocol: str, asset) -> list[dg.AssetChecksDefinition]:
 
 sequence_assets = [behavior_sets, *split_assets, leakage_audit, model_ready_sequences, sequence_exports]
 sequence_checks = [
-    _check(behavior_sets, "behavior_sets_contract", "pandera BehaviorSteps (schemas/sequences.py)",
-           lambda cfg, paths: check_result(validate_parquet(paths.steps(), BehaviorSteps))),
+    _check(behavior_sets, "behavior_sets_contract", "pandera BehaviorSteps and UserDigests (schemas/sequences.py)",
+           lambda cfg, paths: _steps_check(paths)),
     *[chk for p, a in zip(PROTOCOLS, split_assets, strict=True) for chk in _split_checks(p, a)],
     _check(model_ready_sequences, "model_ready_contract",
            "pandera ModelReadySequences on every table, and arrays left-padded to max_len, parquet = npz",

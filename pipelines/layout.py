@@ -171,8 +171,21 @@ class DatasetLayout:
     def steps(self) -> Path:
         return self.stage_dir("sequences") / "steps.parquet"
 
+    def user_digests(self) -> Path:
+        """Per user, a digest of the user's steps (written with the steps)."""
+        return self.stage_dir("sequences") / "user_digests.parquet"
+
     def split_dir(self, protocol: str) -> Path:
         return self.stage_dir("splits") / protocol
+
+    def split_users(self, protocol: str) -> Path:
+        """Per user, the steps digest the split was built from and the user sets it reported."""
+        return self.split_dir(protocol) / "users.parquet"
+
+    def split_state(self, protocol: str) -> Path:
+        """What the published split was built from (options, cuts, table sizes): a refresh may
+        recompute only changed users when it matches."""
+        return self.split_dir(protocol) / "split_state.json"
 
     def roles(self, protocol: str) -> Path:
         return self.split_dir(protocol) / "roles.parquet"

@@ -386,6 +386,7 @@ def merge_shards(cfg: DatasetConfig, raw_dir: Path, paths: DatasetLayout, log: L
                         paths.model_ready(protocol, role, "parquet"), paths.model_ready(protocol, role),
                         role, users_per_block, n_users)
                 for name, target, part in (
+                        ("users", paths.split_users(protocol), lambda s, p=protocol: s.split_users(p)),
                         ("roles", paths.roles(protocol), lambda s, p=protocol: s.roles(p)),
                         ("examples", paths.examples(protocol), lambda s, p=protocol: s.examples(p)),
                         ("examples_unfiltered", paths.examples(protocol, filtered=False),
@@ -411,6 +412,12 @@ def merge_shards(cfg: DatasetConfig, raw_dir: Path, paths: DatasetLayout, log: L
                 staged.path(name).write_text(text)
             staged.publish()
         log(f"{cfg.name}: merged {rows_kept:,} events from {m.shards} shards")
+        # the steps' per-user digests, stamped with the merged steps table. The merged splits have no
+        # state (split_state.json): a refresh of this dataset on one machine recomputes them in full,
+        # while each shard's own state lets a shard run recompute only its changed users.
+        digests = [s.user_digests() for s in shards if s.user_digests().is_file()]
+        if digests:
+            stage.write_user_digests(pl.concat([pl.read_parquet(d) for d in digests]).sort(c.USER_ID), paths)
         n_steps = rows[("sequences", "steps")]
         if n_steps == 0:
             raise EmptyPartitionError(f"dataset '{cfg.name}': cleaning left no events in any shard; loosen "

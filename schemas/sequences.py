@@ -26,6 +26,29 @@ class BehaviorSteps(pa.DataFrameModel):
         unique = ["user_id", "step"]
 
 
+class UserDigests(pa.DataFrameModel):
+    """Per user, a 64-bit digest of the user's steps (every column): a refresh compares them to find
+    the users whose steps changed. The file's metadata names the steps table's rows and bytes."""
+
+    user_id: pl.UInt32 = pa.Field(alias=c.USER_ID, unique=True)
+    digest: pl.UInt64
+
+    class Config:
+        strict = True
+
+
+class SplitUsers(pa.DataFrameModel):
+    """Per user, what one split was built from (the steps digest) and the user sets of its report
+    (bit i of ``flags`` = ``pipelines.sequences.splits.USER_FLAGS[i]``)."""
+
+    user_id: pl.UInt32 = pa.Field(alias=c.USER_ID, unique=True)
+    digest: pl.UInt64
+    flags: pl.UInt8
+
+    class Config:
+        strict = True
+
+
 class SplitRoles(pa.DataFrameModel):
     """Exactly one role per step for one split protocol."""
 

@@ -50,14 +50,29 @@ def role_column(code: np.ndarray | pl.Series) -> pl.Series:
 SPLIT_FILE_FORMAT = "behavior_set_splits"
 
 
+# Named sets of users a protocol reports, by bit (a split's per-user state stores them as a bitmask):
+# users excluded from evaluation, and the protocol-specific counts of the report.
+USER_FLAGS = ("excluded", "users_training_only", "users_without_valid", "users_without_test")
+
+
 @dataclass
 class Split:
     protocol: str
     roles: pl.DataFrame
     examples: pl.DataFrame
-    users_excluded: int
+    # flag name (USER_FLAGS) -> the dense ids of the users it applies to. Sets of users, not counts:
+    # a refresh that recomputes some users replaces exactly their part of every count.
+    flagged: dict[str, np.ndarray] = field(default_factory=dict)
     note: str = ""
-    counts: dict[str, int] = field(default_factory=dict)  # protocol-specific user counts for the report
+
+    @property
+    def users_excluded(self) -> int:
+        return len(self.flagged.get("excluded", ()))
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Protocol-specific user counts for the report (every flag but ``excluded``)."""
+        return {k: len(v) for k, v in self.flagged.items() if k != "excluded"}
 
 
 def mask_of(cfg: DatasetConfig, names: list[str]) -> int:
@@ -94,11 +109,11 @@ def _two_last(steps: pl.DataFrame, is_target: pl.Expr, protocol: str, short_user
     roles = steps.select(c.USER_ID, "step").with_columns(role_column(code))
     picked = np.flatnonzero((code == VALID) | (code == TEST))
     examples = _examples_at(steps, picked, code[picked], step[picked])
-    short = int(steps[c.USER_ID].n_unique() - last2.height)
+    short = np.setdiff1d(np.unique(user), last2[c.USER_ID].to_numpy())
     if short_users_train:  # a count, not note text: a split over several user shards adds them up
-        return Split(protocol, roles, examples, 0, counts={"users_training_only": short},
+        return Split(protocol, roles, examples, {"users_training_only": short},
                      note="users without two target steps are training-only (users_training_only)")
-    return Split(protocol, roles, examples, short)
+    return Split(protocol, roles, examples, {"excluded": short})
 
 
 def _examples_at(steps: pl.DataFrame, rows: np.ndarray, roles: np.ndarray, history_end: np.ndarray) -> pl.DataFrame:
@@ -144,7 +159,7 @@ def session(steps: pl.DataFrame, cfg: DatasetConfig) -> Split:
     n = len(user)
     if n == 0:
         return Split("session", steps.select(c.USER_ID, "step").with_columns(role_column(np.zeros(0, np.uint32))),
-                     _examples_at(steps, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)), 0)
+                     _examples_at(steps, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)))
     user_starts = np.r_[True, user[1:] != user[:-1]]
     if (user[1:] < user[:-1]).any() or ((step[1:] <= step[:-1]) & ~user_starts[1:]).any():
         raise ValueError("session split: steps must come in (user_id, step) order, as the steps table stores them")
@@ -156,7 +171,7 @@ def session(steps: pl.DataFrame, cfg: DatasetConfig) -> Split:
     roles = steps.select(c.USER_ID, "step").with_columns(role_column(code))
     picked = np.flatnonzero((code == VALID) | (code == TEST))
     examples = _examples_at(steps, picked, code[picked], start[picked])
-    return Split("session", roles, examples, int((last[user_starts] < 2).sum()))
+    return Split("session", roles, examples, {"excluded": user[user_starts][last[user_starts] < 2]})
 
 
 def temporal(steps: pl.DataFrame, cfg: DatasetConfig, valid_from_ms: int, test_from_ms: int,
@@ -191,8 +206,8 @@ def temporal(steps: pl.DataFrame, cfg: DatasetConfig, valid_from_ms: int, test_f
     picked = np.flatnonzero((code == VALID) | (code == TEST))
     examples = _examples_at(steps, picked, code[picked], step[picked])
     present = np.unique(user)
-    no_eval = int(((valid_of[present] < 0) & (test_of[present] < 0)).sum())
-    return Split("temporal", roles, examples, no_eval,
+    no_eval = present[(valid_of[present] < 0) & (test_of[present] < 0)]
+    return Split("temporal", roles, examples, {"excluded": no_eval},
                  note=f"cut: valid from {valid_from_ms} ms, test from {test_from_ms} ms (UTC)")
 
 
@@ -219,15 +234,15 @@ def released(steps: pl.DataFrame, cfg: DatasetConfig) -> Split:
     code = file_roles[file_index]
     user = steps[c.USER_ID].to_numpy()
     step = steps["step"].to_numpy().astype(np.int64)
-    n_users = steps[c.USER_ID].n_unique()
-    counts: dict[str, int] = {}
+    present = np.unique(user)
+    flagged: dict[str, np.ndarray] = {}
     for role in ("valid", "test"):
         per_user = np.bincount(user[code == ROLES.index(role)], minlength=int(user.max()) + 1 if user.size else 0)
         if (per_user > 1).any():
             raise ValueError(
                 f"dataset '{cfg.name}': {int((per_user > 1).sum())} users have more than one {role} line "
                 f"(e.g. dense user {int(np.argmax(per_user > 1))}); a release holds one {role} set per user")
-        counts[f"users_without_{role}"] = int(n_users - (per_user > 0).sum())
+        flagged[f"users_without_{role}"] = present[per_user[present] == 0]
     # file order is sequence order, so the release's roles must come in order within each user
     if user.size > 1:
         same = user[1:] == user[:-1]
@@ -237,7 +252,7 @@ def released(steps: pl.DataFrame, cfg: DatasetConfig) -> Split:
     roles = steps.select(c.USER_ID, "step").with_columns(role_column(code))
     picked = np.flatnonzero((code == VALID) | (code == TEST))
     examples = _examples_at(steps, picked, code[picked], step[picked])
-    return Split("released", roles, examples, 0, counts=counts,
+    return Split("released", roles, examples, flagged,
                  note="roles as released; users without a valid (test) line get no valid (test) example "
                       "(users_without_valid, users_without_test)")
 

@@ -192,3 +192,21 @@ def with_sessions(steps: pl.DataFrame, gap_minutes: float) -> pl.DataFrame:
     count = np.cumsum(new_session)
     at_user_start = np.maximum.accumulate(np.where(new_user, count, 0)) if n else count
     return steps.with_columns(pl.Series("session", (count - at_user_start).astype(np.uint32)))
+
+
+STEP_COLUMNS = (c.USER_ID, "step", c.ITEM_ID, c.BEHAVIORS, c.TIMESTAMP, c.EVENT_ORDER, "n_events", "session")
+
+
+def user_digests(steps: pl.DataFrame) -> pl.DataFrame:
+    """Per user (in the steps' order), a 64-bit digest of the user's steps: the wrapping sum of each
+    step row's hash over every column, the step index included, so any change to a user's steps
+    (content, order, count) changes it (but for a 2^-64 chance). Polars' hash is stable within one
+    polars version; after an upgrade every digest differs, which only costs one full recompute."""
+    if steps.is_empty():
+        return pl.DataFrame(schema={c.USER_ID: pl.UInt32, "digest": pl.UInt64})
+    hashes = steps.select(pl.struct(STEP_COLUMNS).hash(seed=0)).to_series().to_numpy()
+    user = steps[c.USER_ID].to_numpy()
+    first = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
+    return pl.DataFrame({c.USER_ID: pl.Series(user[first], dtype=pl.UInt32),
+                         "digest": pl.Series(np.add.reduceat(hashes, first), dtype=pl.UInt64)})
+

@@ -1,0 +1,180 @@
+"""Splits after a daily drop recompute only the users whose steps changed, and write the bytes of a
+full recompute; anything that makes the published split unusable falls back to a full recompute."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pipelines.ingest.core import ingest_dataset
+from pipelines.layout import DatasetLayout
+from pipelines.sequences import splits as sp
+from pipelines.sequences import stage
+from pipelines.synthetic import SyntheticSpec, write_synthetic
+from tests.conftest import with_options
+
+REFRESHED = ("leave_one_out", "eidp", "session", "temporal")
+ROWS_PER_SHARD = 1_500  # several user ranges: the merge must keep every range's row groups
+quiet = lambda _msg: None  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def drops(tmp_path_factory) -> list[str]:
+    """Generated Taobao events cut by time: a base (90%), then two daily drops (5% each) of the
+    users active in them, as a day's log file holds them."""
+    gen = tmp_path_factory.mktemp("gen")
+    (path,) = write_synthetic("taobao", gen, SyntheticSpec(users=400, items=150, topics=5, seed=3, events_per_user=14))
+    lines = path.read_text().splitlines()
+    ts = pl.Series([int(line.rsplit(",", 1)[1]) for line in lines])
+    cuts = [ts.quantile(0.90, "lower"), ts.quantile(0.95, "lower")]
+    day = [0 if t <= cuts[0] else 1 if t <= cuts[1] else 2 for t in ts.to_list()]
+    return ["\n".join(line for line, d in zip(lines, day, strict=True) if d == k) + "\n" for k in range(3)]
+
+
+def _cfg(registry, **sequences):
+    cfg = registry.get("taobao").model_copy(update={"files": {"events": "events_*.csv"}})
+    if sequences:
+        cfg = cfg.model_copy(update={"stages": {**cfg.stages, "sequences": {**cfg.stages.get("sequences", {}),
+                                                                             **sequences}}})
+    return with_options(cfg, bad_row_threshold=0.05)
+
+
+def _build(cfg, layout: DatasetLayout, **kw) -> dict[str, stage.SplitSummary]:
+    ingest_dataset(cfg, layout.raw_dir, layout.ingest_dir(), log=quiet)
+    stage.materialize_steps(cfg, layout, log=quiet, rows_per_shard=ROWS_PER_SHARD)
+    return {p: stage.materialize_split(cfg, layout, p, log=quiet, rows_per_shard=ROWS_PER_SHARD, **kw)
+            for p in sp.PROTOCOLS}
+
+
+def _split_bytes(layout: DatasetLayout) -> dict[str, bytes]:
+    return {str(f.relative_to(layout.outputs_dir)): f.read_bytes()
+            for p in REFRESHED for f in sorted(layout.split_dir(p).glob("*.parquet"))}
+
+
+def _made(summary: stage.SplitSummary) -> stage.SplitSummary:
+    return dataclasses.replace(summary, mode="", mode_reason="", users_recomputed=0)
+
+
+def _drop(layout: DatasetLayout, k: int, text: str) -> None:
+    layout.raw_dir.mkdir(parents=True, exist_ok=True)
+    (layout.raw_dir / f"events_{k + 1}.csv").write_text(text)
+
+
+def test_daily_drops_recompute_the_changed_users_only_with_the_bytes_of_a_full_recompute(registry, drops, tmp_path):
+    cfg = _cfg(registry)
+    inc = DatasetLayout(tmp_path / "inc", cfg.name)
+    _drop(inc, 0, drops[0])
+    first = _build(cfg, inc)
+    assert {p: first[p].mode for p in REFRESHED} == dict.fromkeys(REFRESHED, "full")
+    assert first["leave_one_out"].mode_reason == "no previous split state"
+    users = pl.read_parquet(inc.user_digests()).height
+
+    for k in (1, 2):
+        _drop(inc, k, drops[k])
+        refreshed = _build(cfg, inc)
+        full = DatasetLayout(tmp_path / f"full{k}", cfg.name)  # the same files, built from scratch
+        for j in range(k + 1):
+            _drop(full, j, drops[j])
+        rebuilt = _build(cfg, full)
+        for p in REFRESHED:
+            s = refreshed[p]
+            assert s.mode == "incremental", (p, s.mode_reason)
+            assert 0 < s.users_recomputed < users / 2, (p, s.users_recomputed)
+            assert rebuilt[p].mode == "full"
+            assert _made(s) == _made(rebuilt[p]), p  # every count, over every user
+        assert refreshed["temporal"].users_recomputed > refreshed["leave_one_out"].users_recomputed  # cuts moved
+        assert "the cuts moved" in refreshed["temporal"].mode_reason
+        assert _split_bytes(inc) == _split_bytes(full)
+        assert refreshed["eidp"].user_counts["users_training_only"] == rebuilt["eidp"].user_counts["users_training_only"]
+
+
+@pytest.mark.parametrize("change, reason", [
+    ("option", "the registry entry or the split code changed"),
+    ("edited", "the published split files differ from its state"),
+    ("no_digests", "the steps table has no digests of its own"),
+    ("interrupted", "no previous split state"),
+    ("forced", "a full recompute was asked for"),
+])
+def test_what_makes_the_published_split_unusable_recomputes_in_full(registry, drops, tmp_path, monkeypatch,
+                                                                      change, reason):
+    cfg = _cfg(registry)
+    layout = DatasetLayout(tmp_path / "d", cfg.name)
+    _drop(layout, 0, drops[0])
+    _build(cfg, layout)
+    _drop(layout, 1, drops[1])
+    kw = {}
+    if change == "option":
+        cfg = _cfg(registry, max_len=20)
+    elif change == "edited":
+        roles = layout.roles("leave_one_out")
+        pl.read_parquet(roles).head(10).write_parquet(roles)
+    elif change == "no_digests":
+        ingest_dataset(cfg, layout.raw_dir, layout.ingest_dir(), log=quiet)
+        stage.materialize_steps(cfg, layout, log=quiet, rows_per_shard=ROWS_PER_SHARD)
+        layout.user_digests().unlink()
+    elif change == "interrupted":  # a refresh that fails midway leaves no state behind
+        ingest_dataset(cfg, layout.raw_dir, layout.ingest_dir(), log=quiet)
+        stage.materialize_steps(cfg, layout, log=quiet, rows_per_shard=ROWS_PER_SHARD)
+
+        def fail(*_a, **_k):
+            raise RuntimeError("killed")
+        with monkeypatch.context() as m:
+            m.setattr(stage, "find_leaks", fail)
+            with pytest.raises(RuntimeError, match="killed"):
+                stage.materialize_split(cfg, layout, "leave_one_out", log=quiet, rows_per_shard=ROWS_PER_SHARD)
+        assert not layout.split_state("leave_one_out").exists()
+    elif change == "forced":
+        kw = {"full": True}
+    if change in ("no_digests", "interrupted"):
+        s = stage.materialize_split(cfg, layout, "leave_one_out", log=quiet, rows_per_shard=ROWS_PER_SHARD)
+    else:
+        s = _build(cfg, layout, **kw)["leave_one_out"]
+    assert (s.mode, s.mode_reason) == ("full", reason)
+
+
+def test_the_split_user_table_and_digests_hold_their_contracts(registry, drops, tmp_path):
+    from pipelines.contracts import validate_parquet
+    from schemas.sequences import SplitUsers, UserDigests
+
+    cfg = _cfg(registry)
+    layout = DatasetLayout(tmp_path / "d", cfg.name)
+    _drop(layout, 0, drops[0])
+    summaries = _build(cfg, layout)
+    assert validate_parquet(layout.user_digests(), UserDigests).passed
+    for p in REFRESHED:
+        assert validate_parquet(layout.split_users(p), SplitUsers).passed
+        users = pl.read_parquet(layout.split_users(p))
+        excluded = int((users["flags"] & 1).sum())
+        assert excluded == summaries[p].users_excluded
+    # the digests describe this steps table only: a steps table written by anyone else has none
+    stage.materialize_steps(cfg, layout, log=quiet, rows_per_shard=ROWS_PER_SHARD)
+    assert stage.current_user_digests(layout) is not None
+    steps = pl.read_parquet(layout.steps())
+    steps.head(steps.height - 1).write_parquet(layout.steps())
+    assert stage.current_user_digests(layout) is None
+
+
+def test_a_user_digest_changes_with_any_change_to_the_users_steps(registry, drops, tmp_path):
+    from pipelines.sequences.steps import user_digests
+
+    cfg = _cfg(registry)
+    layout = DatasetLayout(tmp_path / "d", cfg.name)
+    _drop(layout, 0, drops[0])
+    ingest_dataset(cfg, layout.raw_dir, layout.ingest_dir(), log=quiet)
+    stage.materialize_steps(cfg, layout, log=quiet)
+    steps = pl.read_parquet(layout.steps())
+    base = user_digests(steps)
+    user = steps["user_id"][0]
+    for change in (pl.col("behaviors") | 8, pl.col("item_id") + 1, pl.col("timestamp") + 1, pl.col("session") + 1):
+        column = change.meta.root_names()[0]
+        edited = steps.with_columns(pl.when((pl.col("user_id") == user) & (pl.col("step") == 0)).then(change)
+                                    .otherwise(pl.col(column)).cast(steps.schema[column]).alias(column))
+        after = user_digests(edited)
+        differs = base.join(after, on="user_id").filter(pl.col("digest") != pl.col("digest_right"))["user_id"]
+        assert differs.to_list() == [user], column
+    dropped = user_digests(steps.filter(~((pl.col("user_id") == user) & (pl.col("step") == 1))))
+    assert base.join(dropped, on="user_id").filter(pl.col("digest") != pl.col("digest_right"))["user_id"].to_list() \
+        == [user]
