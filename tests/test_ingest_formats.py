@@ -80,6 +80,28 @@ def test_retailrocket_ms_and_side_files(registry, tmp_path):
     assert t["item_side_info"].select(c.CATEGORY_ID, c.CATEGORY_PATH).rows() == [("1017", "200 > 1017")]
 
 
+def test_daily_files_whose_headers_differ_are_checked_against_their_own_header(registry, tmp_path):
+    """A later drop without the transactionid column: its rows have four fields, as its header says;
+    each file's column count comes from its own header (not the first file's), and a short line is
+    quarantined with its file's count. The incremental run over the second file does the same."""
+    cfg = registry.get("retailrocket").model_copy(
+        update={"files": {"events": "events_*.csv"}, "ingest": registry.get("retailrocket").ingest.model_copy(
+            update={"bad_row_threshold": 0.5})})
+    raw = tmp_path / "raw"
+    write(raw, "events_1.csv", "timestamp,visitorid,event,itemid,transactionid\n"
+                               "1433221332117,257597,view,355908,\n1433224214164,257597,addtocart,355908,\n")
+    run_ingest(cfg, raw, tmp_path / "inc")
+    write(raw, "events_2.csv", "timestamp,visitorid,event,itemid\n"
+                               "1433224214999,257597,transaction,355908\n1433224215000,257597,view\n"
+                               "1433224216000,1,view,355908\n")
+    for out in ("inc", "full"):
+        s, t = run_ingest(cfg, raw, tmp_path / out)
+        assert s.mode == ("incremental" if out == "inc" else "full")
+        assert t["events"][c.BEHAVIORS].to_list() == [1, 2, 4, 1]
+        assert t["quarantine"].select(c.SOURCE_FILE, c.SOURCE_LINE, c.REASON).rows() == [
+            ("events_2.csv", 3, "wrong column count: expected 4, got 3")]
+
+
 def test_kuaisar_flags_float_ms_and_english_categories(registry, tmp_path):
     cfg = registry.get("kuaisar")
     raw = tmp_path / "raw"

@@ -56,11 +56,27 @@ def flag_behaviors(fields: list[str]) -> pl.Expr:
     return mask.cast(pl.UInt16)
 
 
-def _concat(sources: list[ParsedSource]) -> ParsedSource:
+def _concat(sources: list[ParsedSource], names: list[str]) -> ParsedSource:
+    """One source over several files (``names``, in the same order). Files whose checks differ (a
+    header with another column count: the expected count is the file's own) get per-file checks,
+    chosen by the row's ``source_file``."""
     first = sources[0]
+    checks = first.checks
+    same = all(len(s.checks) == len(checks) and all(
+        a.condition.meta.eq(b.condition) and a.message.meta.eq(b.message) for a, b in zip(s.checks, checks, strict=True))
+        for s in sources[1:])
+    if not same:
+        def per_file(exprs: list[pl.Expr]) -> pl.Expr:
+            chosen = pl.when(pl.col(c.SOURCE_FILE) == names[0]).then(exprs[0])
+            for name, e in zip(names[1:], exprs[1:], strict=True):
+                chosen = chosen.when(pl.col(c.SOURCE_FILE) == name).then(e)
+            return chosen.otherwise(exprs[0])
+
+        checks = [Check(ch.kind, per_file([s.checks[i].condition for s in sources]),
+                        per_file([s.checks[i].message for s in sources])) for i, ch in enumerate(checks)]
     return ParsedSource(
         frame=pl.concat([s.frame for s in sources], how="vertical"),
-        checks=first.checks,
+        checks=checks,
         raw_fields=first.raw_fields,
         extras=first.extras,
     )
@@ -90,7 +106,7 @@ def parse_taobao(cfg: DatasetConfig, files: Files) -> ParsedSource:
         out.append(parsed_events(lf, user="user_id", item="item_id", behaviors=behaviors, time_field="timestamp",
                                  spec=cfg.time, checks=checks, raw_fields=fields,
                                  extra={c.CATEGORY_ID: _blank_to_null("category_id")}))
-    return _concat(out)
+    return _concat(out, [raw.name for raw in files["events"]])
 
 
 def parse_tmall(cfg: DatasetConfig, files: Files) -> ParsedSource:
@@ -105,7 +121,7 @@ def parse_tmall(cfg: DatasetConfig, files: Files) -> ParsedSource:
                  c.BRAND_ID: _blank_to_null("brand_id")}
         out.append(parsed_events(lf, user="user_id", item="item_id", behaviors=behaviors, time_field="time_stamp",
                                  spec=cfg.time, checks=checks, raw_fields=required, extra=extra))
-    return _concat(out)
+    return _concat(out, [raw.name for raw in files["events"]])
 
 
 def parse_retailrocket(cfg: DatasetConfig, files: Files) -> ParsedSource:
@@ -118,7 +134,7 @@ def parse_retailrocket(cfg: DatasetConfig, files: Files) -> ParsedSource:
         checks = [*structural_checks("visitorid", "itemid", n), behavior_check, *time_checks("timestamp", cfg.time)]
         out.append(parsed_events(lf, user="visitorid", item="itemid", behaviors=behaviors, time_field="timestamp",
                                  spec=cfg.time, checks=checks, raw_fields=required))
-    return _concat(out)
+    return _concat(out, [raw.name for raw in files["events"]])
 
 
 def _flag_format(cfg: DatasetConfig, files: Files, time_field: str | None, extra_cols: list[str]) -> ParsedSource:
@@ -144,7 +160,7 @@ def _flag_format(cfg: DatasetConfig, files: Files, time_field: str | None, extra
         out.append(parsed_events(lf, user="user_id", item="item_id", behaviors=flag_behaviors(flags),
                                  time_field=time_field, spec=cfg.time, checks=checks,
                                  raw_fields=[*required, *present_extra], extra=extra))
-    return _concat(out)
+    return _concat(out, [raw.name for raw in files["events"]])
 
 
 def parse_kuaisar(cfg: DatasetConfig, files: Files) -> ParsedSource:
@@ -175,7 +191,7 @@ def parse_behavior_set_splits(cfg: DatasetConfig, files: Files) -> ParsedSource:
             checks = [*structural_checks("user", "item", n), *flag_checks(flags)]
             out.append(parsed_events(lf, user="user", item="item", behaviors=flag_behaviors(flags), time_field=None,
                                      spec=cfg.time, checks=checks, raw_fields=["user", "item", *flags]))
-    return _concat(out)
+    return _concat(out, [raw.name for role in ("train", "valid", "between", "test") for raw in files[role]])
 
 
 EVENT_ROLES: dict[str, tuple[str, ...]] = {fmt: ("events",) for fmt in
