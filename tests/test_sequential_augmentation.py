@@ -65,3 +65,15 @@ def test_stage_augments_training_steps_only(tmp_path, registry):
     assert roles_of_rows["role"].unique().to_list() == ["train"] and roles_of_rows.height == views.height
     assert sorted(views["view"].unique().to_list()) == [1, 2, 3] and summary["leave_one_out"]["views"] == 3
     assert (split_dir(paths, "leave_one_out") / "examples.parquet").read_bytes() == before
+    # each step's draws depend on the step alone: any user ranges give the same views
+    materialize_sequential_views(cfg, paths, log=lambda _: None, rows_per_shard=10**9)
+    assert pl.read_parquet(paths.sequential_views("leave_one_out")).equals(views)
+
+
+def test_a_steps_views_do_not_depend_on_the_other_rows(registry):
+    cfg = registry.get("taobao")
+    base = steps([PV | CART | BUY, PV | FAV, CART, PV | CART] * 500, n_users=7)
+    whole = sequential_views(base, cfg, views=3, seed=5)
+    parts = pl.concat([sequential_views(base.slice(0, 900), cfg, views=3, seed=5),
+                       sequential_views(base.slice(900), cfg, views=3, seed=5)])
+    assert whole.sort("view", c.USER_ID, "step").equals(parts.sort("view", c.USER_ID, "step"))

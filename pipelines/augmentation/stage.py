@@ -134,11 +134,11 @@ def materialize_sequential_views(cfg: DatasetConfig, paths: DatasetPaths, log: L
         target = paths.sequential_views(protocol)
         originals = 0
         with ParquetAppender(target, {"mbrec.views": str(views), "mbrec.seed": str(seed)}) as w:
-            for i, (lo, hi) in enumerate(user_shards(paths.steps(), rows_per_shard)):
+            for lo, hi in user_shards(paths.steps(), rows_per_shard):
                 steps = read_user_range(paths.steps(), lo, hi)
                 train = train_steps(steps, read_user_range(roles_path, lo, hi))
                 originals += train.height
-                w.write(sequential_views(train, cfg, views, seed, shard=lo))
+                w.write(sequential_views(train, cfg, views, seed))
             out[protocol] = {"training_steps": originals, "augmented_rows": w.rows, "views": views}
         log(f"{cfg.name}/{protocol}: {views} sequential views, {w.rows:,} rows from {originals:,} training steps")
     return out
