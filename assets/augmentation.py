@@ -13,7 +13,7 @@ from assets.object_store import synced
 from assets.partitions import dataset_partitions
 from assets.sequences import split_assets
 from pipelines.augmentation.stage import materialize_sequential_views, materialize_statistics
-from pipelines.contracts import statistics_consistency, validate_parquet
+from pipelines.contracts import combined, statistics_consistency, validate_parquet
 from schemas.sequences import SequentialViews
 from pipelines.reporting import markdown_table, png_markdown
 from pipelines.resources import PipelineSettings
@@ -67,16 +67,11 @@ def sequential_augmentation(context: dg.AssetExecutionContext, settings: Pipelin
 @synced
 def behavior_statistics_consistency(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
     paths = settings.paths(context.partition_key)
-    r = None
-    for protocol in PROTOCOLS:
-        stats = paths.statistics(protocol)
-        if stats.is_file():
-            r = statistics_consistency(stats, paths.roles(protocol), paths.steps())
-            if not r.passed:
-                return check_result(r)
-    if r is None:
+    results = [statistics_consistency(paths.statistics(p), paths.roles(p), paths.steps())
+               for p in PROTOCOLS if paths.statistics(p).is_file()]
+    if not results:
         return dg.AssetCheckResult(passed=False, description="no split had statistics written")
-    return check_result(r)
+    return check_result(combined(results))
 
 
 @dg.asset_check(asset=sequential_augmentation, blocking=True, partitions_def=dataset_partitions,
@@ -84,14 +79,10 @@ def behavior_statistics_consistency(context: dg.AssetCheckExecutionContext, sett
 @synced
 def sequential_augmentation_contract(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
     paths = settings.paths(context.partition_key)
-    r = None
-    for table in paths.sequential_view_tables():
-        r = validate_parquet(table, SequentialViews)
-        if not r.passed:
-            break
-    if r is None:
+    results = [validate_parquet(table, SequentialViews) for table in paths.sequential_view_tables()]
+    if not results:
         return dg.AssetCheckResult(passed=False, description="no sequential views were written")
-    return check_result(r)
+    return check_result(combined(results))
 
 
 augmentation_assets = [behavior_statistics, sequential_augmentation]

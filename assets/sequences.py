@@ -12,7 +12,13 @@ import polars as pl
 from assets.checks import check_result
 from assets.object_store import synced
 from assets.partitions import dataset_partitions
-from pipelines.contracts import exports_contract, model_ready_consistency, split_consistency, validate_parquet
+from pipelines.contracts import (
+    combined,
+    exports_contract,
+    model_ready_consistency,
+    split_consistency,
+    validate_parquet,
+)
 from pipelines.layout import producers_of
 from pipelines.reporting import markdown_table, png_markdown
 from pipelines.resources import PipelineSettings
@@ -145,11 +151,10 @@ def _check(asset, name: str, description: str, fn) -> dg.AssetChecksDefinition:
 
 
 def _steps_check(paths) -> dg.AssetCheckResult:
-    r = validate_parquet(paths.steps(), BehaviorSteps)
-    if r.passed and paths.user_digests().is_file():  # a merge of user-hash shards may not write them
-        digests = validate_parquet(paths.user_digests(), UserDigests)
-        return check_result(digests if not digests.passed else r)
-    return check_result(r)
+    results = [validate_parquet(paths.steps(), BehaviorSteps)]
+    if paths.user_digests().is_file():  # a merge of user-hash shards without shard digests has none
+        results.append(validate_parquet(paths.user_digests(), UserDigests))
+    return check_result(combined(results))
 
 
 def _model_ready_check(cfg, paths) -> dg.AssetCheckResult:
@@ -168,14 +173,10 @@ def _split_checks(protocol: str, asset) -> list[dg.AssetChecksDefinition]:
     def contract(cfg, paths):
         if skipped := not_applicable(cfg):
             return skipped
-        for file, model in ((paths.roles(protocol), SplitRoles), (paths.examples(protocol), EvaluationExamples),
-                            (paths.examples(protocol, filtered=False), EvaluationExamples),
-                            (paths.train_examples(protocol), TrainingExamples),
-                            (paths.split_users(protocol), SplitUsers)):
-            r = validate_parquet(file, model)
-            if not r.passed:
-                return check_result(r)
-        return check_result(r)
+        return check_result(combined([validate_parquet(file, model) for file, model in (
+            (paths.roles(protocol), SplitRoles), (paths.examples(protocol), EvaluationExamples),
+            (paths.examples(protocol, filtered=False), EvaluationExamples),
+            (paths.train_examples(protocol), TrainingExamples), (paths.split_users(protocol), SplitUsers))]))
 
     def consistency(cfg, paths):
         if skipped := not_applicable(cfg):

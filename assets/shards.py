@@ -26,7 +26,7 @@ from assets.executors import run_tags, shard_step_tags
 from assets.object_store import synced
 from assets.partitions import dataset_partitions
 from pipelines import shards
-from pipelines.contracts import ingest_consistency, validate_parquet
+from pipelines.contracts import combined, ingest_consistency, validate_parquet
 from pipelines.process import peak_rss_mb, reset_peak_rss, threads_used
 from pipelines.registry import load_registry
 from pipelines.resources import PipelineSettings
@@ -81,12 +81,11 @@ def _named(name: str, result: dg.AssetCheckResult) -> dg.AssetCheckResult:
 def event_shards_contract(paths) -> dg.AssetCheckResult:
     """pandera ShardBucket on every bucket; bucket rows add up to the good rows."""
     m = shards.read_map(paths)
-    result = None
-    for k in range(m.shards):
-        if paths.shard_bucket(k).is_file():
-            result = validate_parquet(paths.shard_bucket(k), ShardBucket)
-            if not result.passed:
-                return check_result(result)
+    results = [validate_parquet(paths.shard_bucket(k), ShardBucket) for k in range(m.shards)
+               if paths.shard_bucket(k).is_file()]
+    result = combined(results) if results else None
+    if result is not None and not result.passed:
+        return check_result(result)
     good = m.rows_read - m.rows_quarantined
     if sum(m.rows_per_shard) != good:
         return dg.AssetCheckResult(passed=False, description=f"buckets hold {sum(m.rows_per_shard):,} rows, "
@@ -96,8 +95,8 @@ def event_shards_contract(paths) -> dg.AssetCheckResult:
 
 def event_shard_ids_contract(shard) -> dg.AssetCheckResult:
     """pandera ShardRawUsers / ShardRawItems on the shard's distinct ids."""
-    result = validate_parquet(shard.raw_ids("users"), ShardRawUsers)
-    return check_result(result if not result.passed else validate_parquet(shard.raw_ids("items"), ShardRawItems))
+    return check_result(combined([validate_parquet(shard.raw_ids("users"), ShardRawUsers),
+                                  validate_parquet(shard.raw_ids("items"), ShardRawItems)]))
 
 
 @dg.asset(partitions_def=dataset_partitions, group_name=GROUP, kinds={"polars", "parquet"},

@@ -30,6 +30,15 @@ class ContractResult:
     details: dict[str, object] = field(default_factory=dict)
 
 
+def combined(results: list[ContractResult]) -> ContractResult:
+    """Several tables' results as one: the first failure, or every table's rows and messages."""
+    for r in results:
+        if not r.passed:
+            return r
+    return ContractResult(True, ", ".join(dict.fromkeys(r.table for r in results)), sum(r.rows for r in results),
+                          sum(r.rows_checked for r in results), "; ".join(r.message for r in results))
+
+
 def validate_parquet(path: Path, model: type[pa.DataFrameModel], *, max_rows: int = FULL_VALIDATION_ROWS) -> ContractResult:
     """Validate a parquet file against a pandera model; failure cases name column, check and value."""
     name = model.__name__

@@ -26,6 +26,9 @@ CASES = [  # (table relative to outputs/<dataset>, model, violation, words the m
                             schema={"source_file": pl.String, "source_line": pl.UInt32, "reason": pl.String, "raw_text": pl.String}),
      ["source_line"]),
     ("sequences/steps.parquet", ss.BehaviorSteps, lambda d: d.with_columns(pl.lit(0, pl.UInt16).alias("behaviors")), ["behaviors"]),
+    ("sequences/user_digests.parquet", ss.UserDigests, lambda d: pl.concat([d, d.head(1)]), ["user_id"]),
+    ("splits/leave_one_out/users.parquet", ss.SplitUsers, lambda d: d.with_columns(pl.col("flags").cast(pl.Int64)),
+     ["flags"]),
     ("splits/leave_one_out/roles.parquet", ss.SplitRoles, lambda d: d.with_columns(pl.lit("training").alias("role")), ["role"]),
     ("splits/leave_one_out/examples.parquet", ss.EvaluationExamples,
      lambda d: d.with_columns((pl.col("target_step") + 1).alias("history_end")), ["history_before_target"]),
@@ -73,3 +76,14 @@ def test_exports_contract_catches_an_empty_set_and_a_bad_recbole_id(out, tmp_pat
     inter.write_text("\n".join(lines) + "\n")
     r = exports_contract(layout)
     assert not r.passed and "user_id:token" in r.message
+
+
+def test_a_check_over_several_tables_reports_all_of_them_or_the_first_failure(tmp_path):
+    from pipelines.contracts import ContractResult, combined
+
+    ok = [ContractResult(True, "A", 10, 10, "A holds"), ContractResult(True, "B", 5, 3, "B holds")]
+    both = combined(ok)
+    assert (both.passed, both.table, both.rows, both.rows_checked) == (True, "A, B", 15, 13)
+    assert both.message == "A holds; B holds"
+    bad = ContractResult(False, "C", 4, 4, "C failed")
+    assert combined([*ok, bad, ContractResult(False, "D", 1, 1, "D failed")]) is bad
