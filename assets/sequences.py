@@ -152,8 +152,9 @@ def _check(asset, name: str, description: str, fn) -> dg.AssetChecksDefinition:
 
 def _steps_check(paths) -> dg.AssetCheckResult:
     results = [validate_parquet(paths.steps(), BehaviorSteps)]
-    if paths.user_digests().is_file():  # a merge of user-hash shards without shard digests has none
-        results.append(validate_parquet(paths.user_digests(), UserDigests))
+    for digests in (paths.user_digests(), paths.event_digests()):
+        if digests.is_file():  # a merge of user-hash shards without shard digests has none
+            results.append(validate_parquet(digests, UserDigests))
     return check_result(combined(results))
 
 

@@ -11,13 +11,14 @@ many known users the drop touches. The base is ingested and its sequences and st
 once (not timed); then, after the drop arrives, this prints the wall time (Python's
 ``time.perf_counter``) of, side by side:
 
-- incremental: the ingest (parses ``events_2.csv`` only), then steps, every split protocol (each
-  recomputes the users whose steps changed) and statistics;
+- incremental: the ingest (parses ``events_2.csv`` only), then steps (recomputes the users whose
+  events changed), every split protocol (each recomputes the users whose steps changed) and
+  statistics;
 - full: the same stages into a fresh folder (what every refresh cost before);
 - the floor of any refresh that recomputes whole touched users: the downstream stages over the
   events of the users the drop touched, alone (their share of the events is printed).
 
-The ingest tables and the split tables of both are checked to be the same bytes.
+The ingest, steps and split tables of both are checked to be the same bytes.
 Generated data is cached in --work.
 """
 
@@ -100,7 +101,9 @@ def downstream(cfg, layout: DatasetLayout, log, show: bool = False) -> dict[str,
 
     out = {}
     run = timed if show else (lambda _label, fn: (fn(), 0.0))
-    _, out["sequences: steps"] = run("sequences: steps", lambda: materialize_steps(cfg, layout, log=log))
+    steps, out["sequences: steps"] = run("sequences: steps", lambda: materialize_steps(cfg, layout, log=log))
+    if show:
+        print(f"    {steps.mode}, {steps.users_recomputed:,} users computed ({steps.mode_reason})")
     summaries, out[f"sequences: {len(sp.PROTOCOLS)} splits"] = run(
         f"sequences: {len(sp.PROTOCOLS)} split protocols",
         lambda: [materialize_split(cfg, layout, p, log=log) for p in sp.PROTOCOLS])
@@ -171,13 +174,14 @@ def main() -> None:
         print(f"  {'':<28}{'incremental':>12}{'full':>10}{'ratio':>8}")
         print(f"  {'ingest':<28}{t_inc:>11.2f}s{t_full:>9.2f}s{t_full / t_inc:>7.1f}x")
         return
-    print("incremental (the splits recompute the users whose steps changed):")
+    print("incremental (steps and splits recompute the users whose events or steps changed):")
     d_inc = downstream(cfg, inc, quiet, show=True)
     print("full (fresh folder):")
     d_full = downstream(cfg, full, quiet, show=True)
-    same = all(f.read_bytes() == (full.outputs_dir / f.relative_to(inc.outputs_dir)).read_bytes()
-               for p in sp.PROTOCOLS for f in inc.split_dir(p).glob("*.parquet"))
-    print(f"  split tables byte-identical: {same}")
+    tables = [f for p in sp.PROTOCOLS for f in inc.split_dir(p).glob("*.parquet")]
+    tables += list(inc.steps().parent.glob("*.parquet"))
+    same = all(f.read_bytes() == (full.outputs_dir / f.relative_to(inc.outputs_dir)).read_bytes() for f in tables)
+    print(f"  steps and split tables byte-identical: {same} ({len(tables)} files)")
     t_floor = touched_only_floor(cfg, inc, DatasetLayout(args.work / "touched", cfg.name), quiet)
 
     print(f"\nside by side, {rows:,} rows, {args.drop:.0%} daily drop:")

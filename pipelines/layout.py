@@ -175,6 +175,15 @@ class DatasetLayout:
         """Per user, a digest of the user's steps (written with the steps)."""
         return self.stage_dir("sequences") / "user_digests.parquet"
 
+    def event_digests(self) -> Path:
+        """Per user, a digest of the user's events the steps were built from."""
+        return self.stage_dir("sequences") / "event_digests.parquet"
+
+    def steps_state(self) -> Path:
+        """What the published steps were built from (options, file sizes): a refresh may recompute
+        only users whose events changed when it matches."""
+        return self.stage_dir("sequences") / "steps_state.json"
+
     def split_dir(self, protocol: str) -> Path:
         return self.stage_dir("splits") / protocol
 

@@ -367,6 +367,7 @@ def merge_shards(cfg: DatasetConfig, raw_dir: Path, paths: DatasetLayout, log: L
 
     protocols = sorted({p for r in records for p in r["protocols"]}, key=sp.PROTOCOLS.index)
     with dataset_lock(paths.outputs_dir, f"shard merge of {cfg.name}", log=log):
+        paths.steps_state().unlink(missing_ok=True)  # the merged steps are not a single-machine build
         for protocol in protocols:
             shutil.rmtree(paths.split_dir(protocol), ignore_errors=True)
         # ingest: one version with the same files a single-machine ingest publishes
@@ -418,6 +419,10 @@ def merge_shards(cfg: DatasetConfig, raw_dir: Path, paths: DatasetLayout, log: L
         digests = [s.user_digests() for s in shards if s.user_digests().is_file()]
         if digests:
             stage.write_user_digests(pl.concat([pl.read_parquet(d) for d in digests]).sort(c.USER_ID), paths)
+        events = [s.event_digests() for s in shards if s.event_digests().is_file()]
+        if events:
+            with ParquetAppender(paths.event_digests()) as out:
+                out.write(pl.concat([pl.read_parquet(d) for d in events]).sort(c.USER_ID))
         n_steps = rows[("sequences", "steps")]
         if n_steps == 0:
             raise EmptyPartitionError(f"dataset '{cfg.name}': cleaning left no events in any shard; loosen "

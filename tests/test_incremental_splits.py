@@ -1,5 +1,6 @@
-"""Splits after a daily drop recompute only the users whose steps changed, and write the bytes of a
-full recompute; anything that makes the published split unusable falls back to a full recompute."""
+"""Steps and splits after a daily drop recompute only the users whose events (steps) changed, and
+write the bytes of a full recompute; anything that makes the published tables unusable falls back
+to a full recompute."""
 
 from __future__ import annotations
 
@@ -43,15 +44,17 @@ def _cfg(registry, **sequences):
 
 
 def _build(cfg, layout: DatasetLayout, **kw) -> dict[str, stage.SplitSummary]:
+    """Ingest, steps and every split; the steps' summary under "steps"."""
     ingest_dataset(cfg, layout.raw_dir, layout.ingest_dir(), log=quiet)
-    stage.materialize_steps(cfg, layout, log=quiet, rows_per_shard=ROWS_PER_SHARD)
-    return {p: stage.materialize_split(cfg, layout, p, log=quiet, rows_per_shard=ROWS_PER_SHARD, **kw)
-            for p in sp.PROTOCOLS}
+    out = {"steps": stage.materialize_steps(cfg, layout, log=quiet, rows_per_shard=ROWS_PER_SHARD, **kw)}
+    return out | {p: stage.materialize_split(cfg, layout, p, log=quiet, rows_per_shard=ROWS_PER_SHARD, **kw)
+                  for p in sp.PROTOCOLS}
 
 
 def _split_bytes(layout: DatasetLayout) -> dict[str, bytes]:
-    return {str(f.relative_to(layout.outputs_dir)): f.read_bytes()
-            for p in REFRESHED for f in sorted(layout.split_dir(p).glob("*.parquet"))}
+    tables = [f for p in REFRESHED for f in sorted(layout.split_dir(p).glob("*.parquet"))]
+    tables += sorted(layout.steps().parent.glob("*.parquet"))  # steps, their digests, the events' digests
+    return {str(f.relative_to(layout.outputs_dir)): f.read_bytes() for f in tables}
 
 
 def _made(summary: stage.SplitSummary) -> stage.SplitSummary:
@@ -70,6 +73,7 @@ def test_daily_drops_recompute_the_changed_users_only_with_the_bytes_of_a_full_r
     first = _build(cfg, inc)
     assert {p: first[p].mode for p in REFRESHED} == dict.fromkeys(REFRESHED, "full")
     assert first["leave_one_out"].mode_reason == "no previous split state"
+    assert (first["steps"].mode, first["steps"].mode_reason) == ("full", "no previous steps state")
     users = pl.read_parquet(inc.user_digests()).height
 
     for k in (1, 2):
@@ -79,6 +83,10 @@ def test_daily_drops_recompute_the_changed_users_only_with_the_bytes_of_a_full_r
         for j in range(k + 1):
             _drop(full, j, drops[j])
         rebuilt = _build(cfg, full)
+        steps = refreshed["steps"]
+        assert (steps.mode, steps.mode_reason) == ("incremental", "users whose events changed")
+        assert 0 < steps.users_recomputed < users / 2 and rebuilt["steps"].mode == "full"
+        assert _made(steps) == _made(rebuilt["steps"])
         for p in REFRESHED:
             s = refreshed[p]
             assert s.mode == "incremental", (p, s.mode_reason)
@@ -131,8 +139,30 @@ def test_what_makes_the_published_split_unusable_recomputes_in_full(registry, dr
     if change in ("no_digests", "interrupted"):
         s = stage.materialize_split(cfg, layout, "leave_one_out", log=quiet, rows_per_shard=ROWS_PER_SHARD)
     else:
-        s = _build(cfg, layout, **kw)["leave_one_out"]
+        built = _build(cfg, layout, **kw)
+        s = built["leave_one_out"]
+        steps_reason = {"option": "the registry entry or the steps code changed", "edited": "users whose events changed",
+                        "forced": "a full recompute was asked for"}[change]
+        assert built["steps"].mode_reason == steps_reason
     assert (s.mode, s.mode_reason) == ("full", reason)
+
+
+def test_steps_fall_back_to_a_full_recompute_when_their_files_changed_or_k_core_is_on(registry, drops, tmp_path):
+    cfg = _cfg(registry)
+    layout = DatasetLayout(tmp_path / "d", cfg.name)
+    _drop(layout, 0, drops[0])
+    _build(cfg, layout)
+    _drop(layout, 1, drops[1])
+    ingest_dataset(cfg, layout.raw_dir, layout.ingest_dir(), log=quiet)
+    steps = pl.read_parquet(layout.steps())
+    steps.head(steps.height - 1).write_parquet(layout.steps())  # an edited steps table
+    s = stage.materialize_steps(cfg, layout, log=quiet, rows_per_shard=ROWS_PER_SHARD)
+    assert (s.mode, s.mode_reason) == ("full", "the published steps files differ from their state")
+    kcore = _cfg(registry, min_user_steps=2)
+    stage.materialize_steps(kcore, layout, log=quiet)
+    s = stage.materialize_steps(kcore, layout, log=quiet)
+    assert (s.mode, s.mode_reason) == ("full", "the k-core needs every user's steps")
+    assert not layout.steps_state().exists()
 
 
 def test_the_split_user_table_and_digests_hold_their_contracts(registry, drops, tmp_path):
@@ -178,3 +208,27 @@ def test_a_user_digest_changes_with_any_change_to_the_users_steps(registry, drop
     dropped = user_digests(steps.filter(~((pl.col("user_id") == user) & (pl.col("step") == 1))))
     assert base.join(dropped, on="user_id").filter(pl.col("digest") != pl.col("digest_right"))["user_id"].to_list() \
         == [user]
+
+
+def test_replaced_files_that_lose_users_drop_them_from_steps_and_splits(registry, drops, tmp_path):
+    """Ingest rebuilds in full when files are replaced; the steps and splits still recompute only the
+    users whose events changed, and users whose events are gone leave every table."""
+    cfg = _cfg(registry)
+    inc, full = DatasetLayout(tmp_path / "inc", cfg.name), DatasetLayout(tmp_path / "full", cfg.name)
+    _drop(inc, 0, drops[0])
+    _drop(inc, 1, drops[1])
+    before = _build(cfg, inc)["steps"].users
+
+    def without(text: str, users: set[str]) -> str:
+        return "\n".join(line for line in text.splitlines() if line.split(",")[0] not in users) + "\n"
+    # these users vanish: the largest raw ids, so every other user keeps its dense id (the ingest
+    # rebuilds in full and numbers users by first file, then raw id)
+    gone = set(sorted({line.split(",")[0] for line in drops[0].splitlines()}, key=int)[-3:])
+    for layout in (inc, full):
+        _drop(layout, 0, without(drops[0], gone))
+        _drop(layout, 1, without(drops[1], gone))
+    refreshed, rebuilt = _build(cfg, inc), _build(cfg, full)
+    assert refreshed["steps"].mode == "incremental" and refreshed["leave_one_out"].mode == "incremental"
+    assert refreshed["steps"].users == before - len(gone)
+    assert _made(refreshed["steps"]) == _made(rebuilt["steps"])
+    assert _split_bytes(inc) == _split_bytes(full)

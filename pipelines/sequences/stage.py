@@ -69,6 +69,9 @@ class StepsSummary:
     merge_rule: str
     time_note: str
     behavior_sets: list[dict[str, object]] = field(default_factory=list)  # the most common sets
+    mode: str = "full"  # "incremental": only users whose events changed were recomputed
+    mode_reason: str = ""
+    users_recomputed: int = 0
 
 
 @dataclass
@@ -93,46 +96,102 @@ class SplitSummary:
     users_recomputed: int = 0
 
 
+def config_hash(cfg: DatasetConfig) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+STEPS_CODE_VERSION = 1  # bump when a change alters the steps written for the same events
+STEP_INPUT_COLUMNS = [c.USER_ID, c.ITEM_ID, c.BEHAVIORS, c.TIMESTAMP, c.EVENT_ORDER]
+
+
+def _plan_steps(cfg: DatasetConfig, paths: DatasetPaths, whole: bool, full: bool) -> tuple[pl.DataFrame | None, str]:
+    """The per-user event digests the published steps were built from, or None for a full
+    recompute; and why. Reused when the state says the steps were built by this code from this
+    registry entry, and the files are the ones the state describes."""
+    import json
+
+    if full:
+        return None, "a full recompute was asked for"
+    if whole:
+        return None, "the k-core needs every user's steps"
+    try:
+        state = json.loads(paths.steps_state().read_text())
+    except (OSError, ValueError):
+        return None, "no previous steps state"
+    if state.get("code_version") != STEPS_CODE_VERSION or state.get("config") != config_hash(cfg):
+        return None, "the registry entry or the steps code changed"
+    files = {"steps": steps_path(paths), "event_digests": paths.event_digests()}
+    if any(not f.is_file() or f.stat().st_size != state.get("tables", {}).get(k) for k, f in files.items()):
+        return None, "the published steps files differ from their state"
+    return pl.read_parquet(paths.event_digests()), "users whose events changed"
+
+
 def materialize_steps(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
-                      rows_per_shard: int = ROWS_PER_SHARD) -> StepsSummary:
+                      rows_per_shard: int = ROWS_PER_SHARD, full: bool = False) -> StepsSummary:
     """Clean events and build steps with sessions, shard by shard of consecutive users.
 
     The iterative k-core needs global counts each round, so with k-core on the table is processed
-    whole (one shard).
+    whole (one shard). Otherwise, when the published steps' state matches (``_plan_steps``), only
+    the users whose events changed (by their digest) are recomputed, and every other user's steps
+    are copied from the published table: the same bytes as a full recompute (tested). ``full``
+    forces a full recompute.
     """
+    import json
+
     opts = SequenceOptions.of(cfg)
     events_path = paths.events()
-    columns = [c.USER_ID, c.ITEM_ID, c.BEHAVIORS, c.TIMESTAMP, c.EVENT_ORDER]
     whole = bool(opts.min_user_steps or opts.min_item_steps)
     shards = [(0, 1 << 32)] if whole else user_shards(events_path, rows_per_shard)
+    before, reason = _plan_steps(cfg, paths, whole, full)
     totals = {"rows_in": 0, "after_window": 0, "after_exposures": 0, "rows_out": 0}
     rounds: list[dict[str, int]] = []
     sets: dict[int, int] = {}
-    users = sessions = 0
-    def shard_steps(bounds: tuple[int, int]) -> tuple[pl.DataFrame | None, pl.DataFrame | None, Any]:
-        cleaned, report = clean(read_user_range(events_path, bounds[0], bounds[1], columns), cfg, opts)
-        if cleaned.is_empty():
-            return None, None, report
-        steps = with_sessions(behavior_steps(cleaned, cfg, opts), opts.session_gap_minutes)
-        return steps, user_digests(steps), report
+    users = sessions = recomputed = 0
 
-    digests = []
-    paths.user_digests().unlink(missing_ok=True)  # never beside steps it was not computed from
+    def shard_steps(bounds: tuple[int, int]) -> tuple[pl.DataFrame | None, pl.DataFrame, Any, int]:
+        events = read_user_range(events_path, bounds[0], bounds[1], STEP_INPUT_COLUMNS)
+        cleaned, report = clean(events, cfg, opts)
+        digests = user_digests(events, STEP_INPUT_COLUMNS)
+        if before is None:
+            changed = None
+        else:  # users whose events differ from those the published steps were built from
+            old = before.filter(pl.col(c.USER_ID).is_between(bounds[0], bounds[1], closed="left"))
+            both = digests.join(old.rename({"digest": "before"}), on=c.USER_ID, how="full", coalesce=True)
+            changed = both.filter(pl.col("digest").is_null() | pl.col("before").is_null()
+                                  | (pl.col("digest") != pl.col("before")))[c.USER_ID].implode()
+            cleaned = cleaned.filter(pl.col(c.USER_ID).is_in(changed))
+        steps = with_sessions(behavior_steps(cleaned, cfg, opts), opts.session_gap_minutes) \
+            if not cleaned.is_empty() else None
+        n = digests.height if changed is None else changed.list.len().item()
+        if changed is not None:  # the unchanged users' published steps, with the new ones in user order
+            kept = read_user_range(steps_path(paths), bounds[0], bounds[1]).filter(~pl.col(c.USER_ID).is_in(changed))
+            steps = kept if steps is None else pl.concat([kept, steps]).sort(c.USER_ID, maintain_order=True)
+            steps = steps if steps.height else None
+        return steps, digests, report, n
+
+    step_digests, event_digests = [], []
+    for stale in (paths.steps_state(), paths.user_digests()):  # never beside steps they do not describe
+        stale.unlink(missing_ok=True)
     with ParquetAppender(steps_path(paths), {"mbrec.order": "user_id, step"}) as out:
-        for i, (steps, digest, report) in enumerate(ordered_map(shard_steps, shards)):
+        for i, (steps, digests, report, n) in enumerate(ordered_map(shard_steps, shards)):
             for k in totals:
                 totals[k] += getattr(report, k)
             rounds = report.k_core_rounds or rounds
+            event_digests.append(digests)
+            recomputed += n
             if steps is None:
                 continue
             out.write(steps)
-            digests.append(digest)
+            step_digests.append(user_digests(steps))
             u, sess = steps[c.USER_ID].to_numpy(), steps["session"].to_numpy()
             new_user = np.r_[True, u[1:] != u[:-1]]
             users += int(new_user.sum())
             sessions += int((new_user | np.r_[True, sess[1:] != sess[:-1]]).sum())
-            for m, n in steps.group_by(c.BEHAVIORS).len().iter_rows():
-                sets[int(m)] = sets.get(int(m), 0) + int(n)
+            for m, count in steps.group_by(c.BEHAVIORS).len().iter_rows():
+                sets[int(m)] = sets.get(int(m), 0) + int(count)
             if len(shards) > 1:
                 log(f"{cfg.name}: steps shard {i + 1}/{len(shards)} ({steps.height:,} steps)")
         n_steps = out.rows
@@ -142,7 +201,17 @@ def materialize_steps(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
             f"dataset '{cfg.name}': cleaning left no events ({totals['rows_in']:,} in, {totals['after_window']:,} after "
             f"the time window, {totals['after_exposures']:,} after dropping exposures, k-core rounds {rounds}). "
             f"Loosen datasets.{cfg.name}.stages.sequences.")
-    write_user_digests(pl.concat(digests), paths)
+    write_user_digests(pl.concat(step_digests), paths)
+    with ParquetAppender(paths.event_digests()) as out:
+        out.write(pl.concat(event_digests))
+    mode = "full" if before is None else "incremental"
+    if not whole:  # the state last: a run that stops before this point leaves none
+        write_text_atomic(json.dumps({
+            "code_version": STEPS_CODE_VERSION, "config": config_hash(cfg),
+            "tables": {"steps": steps_path(paths).stat().st_size,
+                       "event_digests": paths.event_digests().stat().st_size}}, indent=1, sort_keys=True) + "\n",
+            paths.steps_state())
+    log(f"{cfg.name}: {n_steps:,} steps ({mode}: {reason}; {recomputed:,} users computed)")
     items = pl.scan_parquet(steps_path(paths)).select(pl.col(c.ITEM_ID).n_unique()).collect().item()
     top = sorted(sets.items(), key=lambda kv: (-kv[1], kv[0]))[:15]  # ties by mask: the same order every run
     return StepsSummary(
@@ -156,6 +225,7 @@ def materialize_steps(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
         time_note="no time column: file order is the sequence order; one session per user"
         if cfg.time.unit == "none" else f"time granularity {cfg.time.granularity}; ties keep file order",
         behavior_sets=[{"set": _set_name(cfg, m), "steps": n} for m, n in top],
+        mode=mode, mode_reason=reason, users_recomputed=recomputed,
     )
 
 
@@ -226,13 +296,6 @@ def users_table(digests: pl.DataFrame, flagged: dict[str, np.ndarray]) -> pl.Dat
         if ids is not None and len(ids):
             flags[np.isin(user, ids)] |= np.uint8(1 << bit)
     return digests.with_columns(pl.Series("flags", flags, dtype=pl.UInt8))
-
-
-def config_hash(cfg: DatasetConfig) -> str:
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _plan_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, cuts: tuple[int, int] | None,

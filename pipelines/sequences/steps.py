@@ -7,6 +7,7 @@ dataset's rule. Everything here is vectorized polars over whole tables; order al
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -197,14 +198,16 @@ def with_sessions(steps: pl.DataFrame, gap_minutes: float) -> pl.DataFrame:
 STEP_COLUMNS = (c.USER_ID, "step", c.ITEM_ID, c.BEHAVIORS, c.TIMESTAMP, c.EVENT_ORDER, "n_events", "session")
 
 
-def user_digests(steps: pl.DataFrame) -> pl.DataFrame:
-    """Per user (in the steps' order), a 64-bit digest of the user's steps: the wrapping sum of each
-    step row's hash over every column, the step index included, so any change to a user's steps
-    (content, order, count) changes it (but for a 2^-64 chance). Polars' hash is stable within one
-    polars version; after an upgrade every digest differs, which only costs one full recompute."""
+def user_digests(steps: pl.DataFrame, columns: Sequence[str] = STEP_COLUMNS) -> pl.DataFrame:
+    """Per user (in the rows' order, users contiguous), a 64-bit digest of the user's rows: the
+    wrapping sum of each row's hash over ``columns`` (steps: every column, the step index included;
+    events: every column steps are built from, the event order included), so any change to a user's
+    rows (content, order, count) changes it (but for a 2^-64 chance). Polars' hash is stable within
+    one polars version; after an upgrade every digest differs, which only costs one full recompute."""
     if steps.is_empty():
         return pl.DataFrame(schema={c.USER_ID: pl.UInt32, "digest": pl.UInt64})
-    hashes = steps.select(pl.struct(STEP_COLUMNS).hash(seed=0)).to_series().to_numpy()
+    # hash_rows: 0.1 s per 5M steps, where the hash of a struct of the columns took 0.4 s
+    hashes = steps.select(columns).hash_rows(seed=0).to_numpy()
     user = steps[c.USER_ID].to_numpy()
     first = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
     return pl.DataFrame({c.USER_ID: pl.Series(user[first], dtype=pl.UInt32),
