@@ -454,25 +454,26 @@ def _split_changed_users(paths: DatasetPaths, path: Path, bounds: list[tuple[int
     tables. Range by range (the full recompute's ranges, so the row groups and bytes are the same),
     each table is the published rows of unchanged users and the new rows of changed ones, merged
     by user (a user's rows all come from one side, in their order)."""
-    ids = pl.Series(c.USER_ID, changed, dtype=pl.UInt32)
+    ids = pl.Series(c.USER_ID, changed, dtype=pl.UInt32).implode()
     digests = current_user_digests(paths)
-    assert digests is not None  # _plan_split checked
-    fresh = pl.scan_parquet(path).filter(pl.col(c.USER_ID).is_in(ids.implode())).collect()
+    if digests is None:  # _plan_split found them; only another writer in between removes them
+        raise RuntimeError(f"{paths.user_digests()} disappeared while the split was being refreshed")
     s = SplitSummary(applicable=True, users_recomputed=len(changed), note=state.get("note", ""))
 
     def in_range(b: tuple[int, int]) -> pl.Expr:
         return pl.col(c.USER_ID).is_between(b[0], b[1], closed="left")
 
     def shard(b: tuple[int, int]) -> tuple[dict[str, pl.DataFrame], str | None]:
-        steps = fresh.filter(in_range(b))
-        keep = in_range(b) & ~pl.col(c.USER_ID).is_in(ids.implode())
+        # the range's changed users' steps (a range at a time: memory holds one range, as a full run)
+        steps = read_user_range(path, b[0], b[1]).filter(pl.col(c.USER_ID).is_in(ids))
+        keep = in_range(b) & ~pl.col(c.USER_ID).is_in(ids)
         new: dict[str, pl.DataFrame] = {}
         note = None
         if steps.height:
             parts = split_of(steps)
             note = parts.split.note
             new = dict(parts.tables)
-            new["users"] = users_table(digests.filter(pl.col(c.USER_ID).is_in(ids.implode()) & in_range(b)),
+            new["users"] = users_table(digests.filter(pl.col(c.USER_ID).is_in(ids) & in_range(b)),
                                        parts.split.flagged)
         merged = {}
         for k in (*SPLIT_TABLES, "users"):
