@@ -19,6 +19,7 @@ from pipelines.registry import DatasetConfig
 from pipelines.sequences.splits import PROTOCOLS
 from pipelines.augmentation.options import AugmentationOptions
 from pipelines.sequences.stage import ROWS_PER_SHARD
+from pipelines.parallel import ordered_map
 from pipelines.storage import DatasetPaths, read_user_range, user_shards, write_bytes_atomic, write_text_atomic
 from schemas import columns as c
 
@@ -35,11 +36,16 @@ def training_counts_of(paths: DatasetPaths, protocols: list[str], n_behaviors: i
     totals = {p: BehaviorCounts(n_behaviors) for p in protocols}
     if not protocols:
         return totals
-    for lo, hi in user_shards(paths.steps(), rows_per_shard):
-        steps = read_user_range(paths.steps(), lo, hi, [c.USER_ID, "step", c.BEHAVIORS])
+
+    def range_counts(bounds: tuple[int, int]) -> dict[str, BehaviorCounts]:
+        steps = read_user_range(paths.steps(), bounds[0], bounds[1], [c.USER_ID, "step", c.BEHAVIORS])
+        return {p: count_sets(train_steps(steps, read_user_range(paths.roles(p), *bounds)), n_behaviors)
+                for p in protocols}
+
+    # user ranges side by side; their counts are added in range order (the same sums every run)
+    for counts in ordered_map(range_counts, user_shards(paths.steps(), rows_per_shard)):
         for protocol in protocols:
-            train = train_steps(steps, read_user_range(paths.roles(protocol), lo, hi))
-            totals[protocol] = totals[protocol] + count_sets(train, n_behaviors)
+            totals[protocol] = totals[protocol] + counts[protocol]
     return totals
 
 
