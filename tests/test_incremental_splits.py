@@ -98,6 +98,13 @@ def test_daily_drops_recompute_the_changed_users_only_with_the_bytes_of_a_full_r
         assert _split_bytes(inc) == _split_bytes(full)
         assert refreshed["eidp"].user_counts["users_training_only"] == rebuilt["eidp"].user_counts["users_training_only"]
 
+    # nothing new: nothing is recomputed or rewritten, and the summaries are the last run's
+    files = {f: f.stat().st_mtime_ns for f in inc.outputs_dir.rglob("*") if f.is_file() and f.name != ".lock"}
+    again = _build(cfg, inc)
+    assert {k: again[k].mode for k in ("steps", *REFRESHED)} == dict.fromkeys(["steps", *REFRESHED], "unchanged")
+    assert all(_made(again[k]) == _made(refreshed[k]) for k in again)
+    assert {f: f.stat().st_mtime_ns for f in inc.outputs_dir.rglob("*") if f.is_file() and f.name != ".lock"} == files
+
 
 @pytest.mark.parametrize("change, reason", [
     ("option", "the registry entry or the split code changed"),

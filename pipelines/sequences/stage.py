@@ -7,6 +7,7 @@ examples; the leakage audit; the model-ready arrays; the exports.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -69,7 +70,7 @@ class StepsSummary:
     merge_rule: str
     time_note: str
     behavior_sets: list[dict[str, object]] = field(default_factory=list)  # the most common sets
-    mode: str = "full"  # "incremental": only users whose events changed were recomputed
+    mode: str = "full"  # "incremental": only users whose events changed were recomputed; "unchanged"
     mode_reason: str = ""
     users_recomputed: int = 0
 
@@ -91,7 +92,7 @@ class SplitSummary:
     examples_with_leak_removed: int = 0
     filter_training_targets: bool = False
     training_leak_steps_removed: int = 0
-    mode: str = "full"  # "incremental": only users whose steps changed were recomputed
+    mode: str = "full"  # "incremental": only users whose steps changed were recomputed; "unchanged"
     mode_reason: str = ""
     users_recomputed: int = 0
 
@@ -126,7 +127,24 @@ def _plan_steps(cfg: DatasetConfig, paths: DatasetPaths, whole: bool, full: bool
     files = {"steps": steps_path(paths), "event_digests": paths.event_digests()}
     if any(not f.is_file() or f.stat().st_size != state.get("tables", {}).get(k) for k, f in files.items()):
         return None, "the published steps files differ from their state"
+    if state.get("events") == file_identity(paths.events()) and "summary" in state:
+        return pl.DataFrame(), UNCHANGED
     return pl.read_parquet(paths.event_digests()), "users whose events changed"
+
+
+UNCHANGED = "the input is the one the published tables were built from"
+
+
+def file_identity(path: Path) -> dict[str, object]:
+    """Size, modification time and a hash of the last 64 KiB (a parquet file's footer: its row
+    groups, their offsets and statistics) of a file: equal for the file a stage last read."""
+    import hashlib
+
+    stat = path.stat()
+    with path.open("rb") as f:
+        f.seek(max(0, stat.st_size - (1 << 16)))
+        tail = hashlib.sha256(f.read()).hexdigest()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "tail_sha256": tail}
 
 
 def materialize_steps(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
@@ -146,6 +164,11 @@ def materialize_steps(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
     whole = bool(opts.min_user_steps or opts.min_item_steps)
     shards = [(0, 1 << 32)] if whole else user_shards(events_path, rows_per_shard)
     before, reason = _plan_steps(cfg, paths, whole, full)
+    if reason == UNCHANGED:  # nothing to do: the published steps stand
+        summary = json.loads(paths.steps_state().read_text())["summary"]
+        log(f"{cfg.name}: steps unchanged ({reason})")
+        return StepsSummary(**{**summary, "mode": "unchanged", "mode_reason": reason, "users_recomputed": 0})
+    events_read = file_identity(events_path)
     totals = {"rows_in": 0, "after_window": 0, "after_exposures": 0, "rows_out": 0}
     rounds: list[dict[str, int]] = []
     sets: dict[int, int] = {}
@@ -205,16 +228,10 @@ def materialize_steps(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
     with ParquetAppender(paths.event_digests()) as out:
         out.write(pl.concat(event_digests))
     mode = "full" if before is None else "incremental"
-    if not whole:  # the state last: a run that stops before this point leaves none
-        write_text_atomic(json.dumps({
-            "code_version": STEPS_CODE_VERSION, "config": config_hash(cfg),
-            "tables": {"steps": steps_path(paths).stat().st_size,
-                       "event_digests": paths.event_digests().stat().st_size}}, indent=1, sort_keys=True) + "\n",
-            paths.steps_state())
     log(f"{cfg.name}: {n_steps:,} steps ({mode}: {reason}; {recomputed:,} users computed)")
     items = pl.scan_parquet(steps_path(paths)).select(pl.col(c.ITEM_ID).n_unique()).collect().item()
     top = sorted(sets.items(), key=lambda kv: (-kv[1], kv[0]))[:15]  # ties by mask: the same order every run
-    return StepsSummary(
+    summary = StepsSummary(
         events_in=totals["rows_in"], after_time_window=totals["after_window"],
         after_exposures=totals["after_exposures"], k_core_rounds=rounds,
         events_kept=totals["rows_out"], steps=n_steps, users=users, items=items,
@@ -227,6 +244,14 @@ def materialize_steps(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
         behavior_sets=[{"set": _set_name(cfg, m), "steps": n} for m, n in top],
         mode=mode, mode_reason=reason, users_recomputed=recomputed,
     )
+    if not whole:  # the state last: a run that stops before this point leaves none
+        write_text_atomic(json.dumps({
+            "code_version": STEPS_CODE_VERSION, "config": config_hash(cfg), "events": events_read,
+            "summary": dataclasses.asdict(summary),
+            "tables": {"steps": steps_path(paths).stat().st_size,
+                       "event_digests": paths.event_digests().stat().st_size}}, indent=1, sort_keys=True) + "\n",
+            paths.steps_state())
+    return summary
 
 
 def write_user_digests(digests: pl.DataFrame, paths: DatasetPaths) -> None:
@@ -388,6 +413,10 @@ def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, lo
             n_train_leaks)
 
     changed, reason, state = _plan_split(cfg, paths, protocol, cuts, full)
+    if changed is not None and len(changed) == 0 and "summary" in state:  # the published split stands
+        log(f"{cfg.name}/{protocol}: unchanged ({reason})")
+        return SplitSummary(**{**state["summary"], "mode": "unchanged", "mode_reason": f"{reason}: nothing to do",
+                               "users_recomputed": 0})
     files = _split_files(paths, protocol)
     paths.split_state(protocol).unlink(missing_ok=True)  # a run that stops midway leaves no state
     bounds = user_shards(path, rows_per_shard)
@@ -404,7 +433,7 @@ def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, lo
             f"({summary.users_excluded:,} users excluded); targets are {opts.target_behaviors or cfg.targets}")
     write_text_atomic(json.dumps({
         "code_version": SPLIT_CODE_VERSION, "config": config_hash(cfg), "cuts": list(cuts) if cuts else None,
-        "note": summary.note, "count_names": sorted(summary.user_counts),
+        "note": summary.note, "count_names": sorted(summary.user_counts), "summary": dataclasses.asdict(summary),
         "tables": {k: f.stat().st_size for k, f in files.items()}}, indent=1, sort_keys=True) + "\n",
         paths.split_state(protocol))
     log(f"{cfg.name}/{protocol}: {summary.examples:,} evaluation examples; filter '{opts.leakage_filter}' "
