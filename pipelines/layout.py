@@ -256,6 +256,10 @@ class DatasetLayout:
     def statistics(self, protocol: str) -> Path:
         return self.statistics_dir(protocol) / "statistics.json"
 
+    def statistics_inputs(self, protocol: str) -> Path:
+        """The steps and roles files the statistics were computed from (written last)."""
+        return self.statistics_dir(protocol) / "inputs.json"
+
     def statistics_matrix(self, protocol: str, name: str) -> Path:
         """``name``: ``M`` (co-occurrence) or ``T`` (transitions)."""
         return self.statistics_dir(protocol) / f"{name}.npy"

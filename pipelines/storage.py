@@ -54,6 +54,20 @@ def write_parquet_atomic(frame: pl.DataFrame | pl.LazyFrame, path: Path) -> Path
     return path
 
 
+def file_identity(path: Path) -> dict[str, object]:
+    """Size and a hash of the last 64 KiB (a parquet file's footer: every row group's offsets,
+    compressed sizes and statistics) of a file: what a stage records of the inputs it read, to
+    know next time whether they are still the same files. Content only (no modification time), so
+    the same inputs give the same state bytes, and a copy of a file is the same file."""
+    import hashlib
+
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        f.seek(max(0, size - (1 << 16)))
+        tail = hashlib.sha256(f.read()).hexdigest()
+    return {"size": size, "tail_sha256": tail}
+
+
 def write_bytes_atomic(data: bytes, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")

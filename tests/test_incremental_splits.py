@@ -10,6 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from pipelines.augmentation.stage import materialize_statistics
 from pipelines.ingest.core import ingest_dataset
 from pipelines.layout import DatasetLayout
 from pipelines.sequences import splits as sp
@@ -57,6 +58,10 @@ def _split_bytes(layout: DatasetLayout) -> dict[str, bytes]:
     return {str(f.relative_to(layout.outputs_dir)): f.read_bytes() for f in tables}
 
 
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
+
+
 def _made(summary: stage.SplitSummary) -> stage.SplitSummary:
     return dataclasses.replace(summary, mode="", mode_reason="", users_recomputed=0)
 
@@ -97,10 +102,14 @@ def test_daily_drops_recompute_the_changed_users_only_with_the_bytes_of_a_full_r
         assert "the cuts moved" in refreshed["temporal"].mode_reason
         assert _split_bytes(inc) == _split_bytes(full)
         assert refreshed["eidp"].user_counts["users_training_only"] == rebuilt["eidp"].user_counts["users_training_only"]
+        assert materialize_statistics(cfg, inc, log=quiet) == materialize_statistics(cfg, full, log=quiet)
+        assert _tree_bytes(inc.statistics_dir()) == _tree_bytes(full.statistics_dir())
 
     # nothing new: nothing is recomputed or rewritten, and the summaries are the last run's
     files = {f: f.stat().st_mtime_ns for f in inc.outputs_dir.rglob("*") if f.is_file() and f.name != ".lock"}
+    statistics = materialize_statistics(cfg, inc, log=quiet)
     again = _build(cfg, inc)
+    assert materialize_statistics(cfg, inc, log=quiet) == statistics
     assert {k: again[k].mode for k in ("steps", *REFRESHED)} == dict.fromkeys(["steps", *REFRESHED], "unchanged")
     assert all(_made(again[k]) == _made(refreshed[k]) for k in again)
     assert {f: f.stat().st_mtime_ns for f in inc.outputs_dir.rglob("*") if f.is_file() and f.name != ".lock"} == files

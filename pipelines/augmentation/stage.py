@@ -20,7 +20,14 @@ from pipelines.sequences.splits import PROTOCOLS
 from pipelines.augmentation.options import AugmentationOptions
 from pipelines.sequences.stage import ROWS_PER_SHARD
 from pipelines.parallel import ordered_map
-from pipelines.storage import DatasetPaths, read_user_range, user_shards, write_bytes_atomic, write_text_atomic
+from pipelines.storage import (
+    DatasetPaths,
+    file_identity,
+    read_user_range,
+    user_shards,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 from schemas import columns as c
 
 
@@ -102,12 +109,37 @@ def heatmap(cfg: DatasetConfig, s: BehaviorStatistics, title: str) -> bytes:
 def materialize_statistics(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
                            c_exponent: float | None = None,
                            counts: dict[str, BehaviorCounts] | None = None) -> dict[str, dict[str, object]]:
-    """``counts``: per protocol, counts already added up (a sharded run's merge); others are counted here."""
+    """``counts``: per protocol, counts already added up (a sharded run's merge); others are counted here.
+
+    A protocol whose statistics were computed from the same steps and roles files (``inputs.json``:
+    their size and footer hash) with the same registry entry is not counted or written again: a
+    refresh in which the split did not change leaves its statistics as they are."""
+
+    from pipelines.sequences.stage import config_hash
+
     c_exponent = AugmentationOptions.of(cfg).mask_exponent if c_exponent is None else c_exponent
     out: dict[str, dict[str, object]] = {}
     present = [p for p in PROTOCOLS if paths.roles(p).is_file()]
+
+    def inputs(protocol: str) -> dict[str, object]:
+        return {"config": config_hash(cfg), "c_exponent": c_exponent, "steps": file_identity(paths.steps()),
+                "roles": file_identity(paths.roles(protocol))}
+
+    def current(protocol: str) -> bool:
+        try:
+            return (not (counts or {}).get(protocol) and paths.statistics(protocol).is_file()
+                    and json.loads(paths.statistics_inputs(protocol).read_text()) == inputs(protocol))
+        except (OSError, ValueError):
+            return False
+
+    unchanged = {p for p in present if current(p)}
+    for protocol in sorted(unchanged, key=PROTOCOLS.index):
+        out[protocol] = json.loads(paths.statistics(protocol).read_text())
+        log(f"{cfg.name}/{protocol}: statistics unchanged (the same steps and roles)")
+    present = [p for p in present if p not in unchanged]
     counted = training_counts_of(paths, [p for p in present if not (counts or {}).get(p)], len(cfg.behaviors))
     for protocol in present:
+        paths.statistics_inputs(protocol).unlink(missing_ok=True)  # a run that stops midway leaves none
         total = (counts or {}).get(protocol) or counted[protocol]
         s = statistics(total, c_exponent)
         doc = to_json(cfg, s, c_exponent)
@@ -118,9 +150,11 @@ def materialize_statistics(cfg: DatasetConfig, paths: DatasetPaths, log: Log = p
         write_bytes_atomic(heatmap(cfg, s, f"{cfg.name} / {protocol}: training sets only"),
                            paths.statistics_heatmap(protocol))
         write_text_atomic(json.dumps(doc, indent=1) + "\n", paths.statistics(protocol))
+        write_text_atomic(json.dumps(inputs(protocol), indent=1, sort_keys=True) + "\n",
+                          paths.statistics_inputs(protocol))
         out[protocol] = doc
         log(f"{cfg.name}/{protocol}: statistics over {s.n_sets:,} training sets")
-    return out
+    return {p: out[p] for p in PROTOCOLS if p in out}
 
 
 def materialize_sequential_views(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,

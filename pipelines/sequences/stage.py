@@ -26,6 +26,7 @@ from pipelines.sequences.options import SequenceOptions
 from pipelines.sequences.steps import EmptyPartitionError, behavior_steps, clean, user_digests, with_sessions
 from pipelines.storage import (
     DatasetPaths,
+    file_identity,
     NpzAppender,
     ParquetAppender,
     read_user_range,
@@ -133,18 +134,6 @@ def _plan_steps(cfg: DatasetConfig, paths: DatasetPaths, whole: bool, full: bool
 
 
 UNCHANGED = "the input is the one the published tables were built from"
-
-
-def file_identity(path: Path) -> dict[str, object]:
-    """Size, modification time and a hash of the last 64 KiB (a parquet file's footer: its row
-    groups, their offsets and statistics) of a file: equal for the file a stage last read."""
-    import hashlib
-
-    stat = path.stat()
-    with path.open("rb") as f:
-        f.seek(max(0, stat.st_size - (1 << 16)))
-        tail = hashlib.sha256(f.read()).hexdigest()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "tail_sha256": tail}
 
 
 def materialize_steps(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
