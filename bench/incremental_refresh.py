@@ -14,6 +14,7 @@ once (not timed); then, after the drop arrives, this prints the wall time (Pytho
 - incremental: the ingest (parses ``events_2.csv`` only), then steps (recomputes the users whose
   events changed), every split protocol (each recomputes the users whose steps changed) and
   statistics;
+- the same again with nothing new (a no-op refresh: every stage finds its inputs unchanged);
 - full: the same stages into a fresh folder (what every refresh cost before);
 - the floor of any refresh that recomputes whole touched users: the downstream stages over the
   events of the users the drop touched, alone (their share of the events is printed).
@@ -176,6 +177,9 @@ def main() -> None:
         return
     print("incremental (steps and splits recompute the users whose events or steps changed):")
     d_inc = downstream(cfg, inc, quiet, show=True)
+    print("the same refresh again, with nothing new (the weekly net, or an ingest that found no new file):")
+    _, t_noop_ingest = timed("ingest (no new file)", lambda: ingest_dataset(cfg, inc.raw_dir, inc.ingest_dir(), log=quiet))
+    d_noop = downstream(cfg, inc, quiet, show=True)
     print("full (fresh folder):")
     d_full = downstream(cfg, full, quiet, show=True)
     tables = [f for p in sp.PROTOCOLS for f in inc.split_dir(p).glob("*.parquet")]
@@ -192,6 +196,9 @@ def main() -> None:
     total_inc, total_full = t_inc + sum(d_inc.values()), t_full + sum(d_full.values())
     print(f"  {'ingest+sequences+statistics':<28}{total_inc:>11.2f}s{total_full:>9.2f}s"
           f"{total_full / total_inc:>7.1f}x   = {total_inc / total_full:.0%} of the full rebuild")
+    t_noop = t_noop_ingest + sum(d_noop.values())
+    print(f"  {'nothing new (no-op refresh)':<28}{t_noop:>11.2f}s{total_full:>9.2f}s{total_full / t_noop:>7.1f}x"
+          f"   = {t_noop / total_full:.0%} of the full rebuild")
     floor = t_inc + t_floor
     print(f"  {'floor: touched users only':<28}{floor:>11.2f}s{'':>10}{total_full / floor:>7.1f}x"
           f"   = {floor / total_full:.0%} of the full rebuild")
