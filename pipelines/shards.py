@@ -350,7 +350,7 @@ def merge_shards(cfg: DatasetConfig, raw_dir: Path, paths: DatasetLayout, log: L
                  extra_files: dict[str, str] | None = None, rows_per_block: int = ROWS_PER_BLOCK) -> MergeSummary:
     """Write the dataset-level outputs from every shard's, in user order (the same bytes for any N)."""
     from pipelines.augmentation.stage import materialize_statistics
-    from pipelines.sequences import stage
+    from pipelines.sequences import stage, state
 
     started = time.perf_counter()
     m = read_map(paths)
@@ -418,7 +418,7 @@ def merge_shards(cfg: DatasetConfig, raw_dir: Path, paths: DatasetLayout, log: L
         # while each shard's own state lets a shard run recompute only its changed users.
         digests = [s.user_digests() for s in shards if s.user_digests().is_file()]
         if digests:
-            stage.write_user_digests(pl.concat([pl.read_parquet(d) for d in digests]).sort(c.USER_ID), paths)
+            state.write_user_digests(pl.concat([pl.read_parquet(d) for d in digests]).sort(c.USER_ID), paths)
         events = [s.event_digests() for s in shards if s.event_digests().is_file()]
         if events:
             with ParquetAppender(paths.event_digests()) as out:

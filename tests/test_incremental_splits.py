@@ -14,7 +14,7 @@ from pipelines.augmentation.stage import materialize_statistics
 from pipelines.ingest.core import ingest_dataset
 from pipelines.layout import DatasetLayout
 from pipelines.sequences import splits as sp
-from pipelines.sequences import stage
+from pipelines.sequences import stage, state
 from pipelines.synthetic import SyntheticSpec, write_synthetic
 from tests.conftest import with_options
 
@@ -197,10 +197,10 @@ def test_the_split_user_table_and_digests_hold_their_contracts(registry, drops, 
         assert excluded == summaries[p].users_excluded
     # the digests describe this steps table only: a steps table written by anyone else has none
     stage.materialize_steps(cfg, layout, log=quiet, rows_per_shard=ROWS_PER_SHARD)
-    assert stage.current_user_digests(layout) is not None
+    assert state.current_user_digests(layout) is not None
     steps = pl.read_parquet(layout.steps())
     steps.head(steps.height - 1).write_parquet(layout.steps())
-    assert stage.current_user_digests(layout) is None
+    assert state.current_user_digests(layout) is None
 
 
 def test_a_user_digest_changes_with_any_change_to_the_users_steps(registry, drops, tmp_path):

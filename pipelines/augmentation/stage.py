@@ -115,7 +115,7 @@ def materialize_statistics(cfg: DatasetConfig, paths: DatasetPaths, log: Log = p
     their size and footer hash) with the same registry entry is not counted or written again: a
     refresh in which the split did not change leaves its statistics as they are."""
 
-    from pipelines.sequences.stage import config_hash
+    from pipelines.sequences.state import config_hash
 
     c_exponent = AugmentationOptions.of(cfg).mask_exponent if c_exponent is None else c_exponent
     out: dict[str, dict[str, object]] = {}

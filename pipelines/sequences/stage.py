@@ -21,6 +21,7 @@ from pipelines.parallel import ordered_map
 from pipelines.registry import DatasetConfig
 from pipelines.reporting import Log, audit_plot, markdown_table
 from pipelines.sequences import splits as sp
+from pipelines.sequences import state
 from pipelines.sequences.leakage import EXAMPLES_PER_BLOCK, apply_filter, audit, find_leaks
 from pipelines.sequences.options import SequenceOptions
 from pipelines.sequences.steps import EmptyPartitionError, behavior_steps, clean, user_digests, with_sessions
@@ -98,50 +99,12 @@ class SplitSummary:
     users_recomputed: int = 0
 
 
-def config_hash(cfg: DatasetConfig) -> str:
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
-
-
-STEPS_CODE_VERSION = 1  # bump when a change alters the steps written for the same events
-STEP_INPUT_COLUMNS = [c.USER_ID, c.ITEM_ID, c.BEHAVIORS, c.TIMESTAMP, c.EVENT_ORDER]
-
-
-def _plan_steps(cfg: DatasetConfig, paths: DatasetPaths, whole: bool, full: bool) -> tuple[pl.DataFrame | None, str]:
-    """The per-user event digests the published steps were built from, or None for a full
-    recompute; and why. Reused when the state says the steps were built by this code from this
-    registry entry, and the files are the ones the state describes."""
-    import json
-
-    if full:
-        return None, "a full recompute was asked for"
-    if whole:
-        return None, "the k-core needs every user's steps"
-    try:
-        state = json.loads(paths.steps_state().read_text())
-    except (OSError, ValueError):
-        return None, "no previous steps state"
-    if state.get("code_version") != STEPS_CODE_VERSION or state.get("config") != config_hash(cfg):
-        return None, "the registry entry or the steps code changed"
-    files = {"steps": steps_path(paths), "event_digests": paths.event_digests()}
-    if any(not f.is_file() or f.stat().st_size != state.get("tables", {}).get(k) for k, f in files.items()):
-        return None, "the published steps files differ from their state"
-    if state.get("events") == file_identity(paths.events()) and "summary" in state:
-        return pl.DataFrame(), UNCHANGED
-    return pl.read_parquet(paths.event_digests()), "users whose events changed"
-
-
-UNCHANGED = "the input is the one the published tables were built from"
-
-
 def materialize_steps(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
                       rows_per_shard: int = ROWS_PER_SHARD, full: bool = False) -> StepsSummary:
     """Clean events and build steps with sessions, shard by shard of consecutive users.
 
     The iterative k-core needs global counts each round, so with k-core on the table is processed
-    whole (one shard). Otherwise, when the published steps' state matches (``_plan_steps``), only
+    whole (one shard). Otherwise, when the published steps' state matches (``state.plan_steps``), only
     the users whose events changed (by their digest) are recomputed, and every other user's steps
     are copied from the published table: the same bytes as a full recompute (tested). ``full``
     forces a full recompute.
@@ -152,8 +115,8 @@ def materialize_steps(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
     events_path = paths.events()
     whole = bool(opts.min_user_steps or opts.min_item_steps)
     shards = [(0, 1 << 32)] if whole else user_shards(events_path, rows_per_shard)
-    before, reason = _plan_steps(cfg, paths, whole, full)
-    if reason == UNCHANGED:  # nothing to do: the published steps stand
+    before, reason = state.plan_steps(cfg, paths, whole, full)
+    if reason == state.UNCHANGED:  # nothing to do: the published steps stand
         summary = json.loads(paths.steps_state().read_text())["summary"]
         log(f"{cfg.name}: steps unchanged ({reason})")
         return StepsSummary(**{**summary, "mode": "unchanged", "mode_reason": reason, "users_recomputed": 0})
@@ -164,9 +127,9 @@ def materialize_steps(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
     users = sessions = recomputed = 0
 
     def shard_steps(bounds: tuple[int, int]) -> tuple[pl.DataFrame | None, pl.DataFrame, Any, int]:
-        events = read_user_range(events_path, bounds[0], bounds[1], STEP_INPUT_COLUMNS)
+        events = read_user_range(events_path, bounds[0], bounds[1], state.STEP_INPUT_COLUMNS)
         cleaned, report = clean(events, cfg, opts)
-        digests = user_digests(events, STEP_INPUT_COLUMNS)
+        digests = user_digests(events, state.STEP_INPUT_COLUMNS)
         if before is None:
             changed = None
         else:  # users whose events differ from those the published steps were built from
@@ -213,7 +176,7 @@ def materialize_steps(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
             f"dataset '{cfg.name}': cleaning left no events ({totals['rows_in']:,} in, {totals['after_window']:,} after "
             f"the time window, {totals['after_exposures']:,} after dropping exposures, k-core rounds {rounds}). "
             f"Loosen datasets.{cfg.name}.stages.sequences.")
-    write_user_digests(pl.concat(step_digests), paths)
+    state.write_user_digests(pl.concat(step_digests), paths)
     with ParquetAppender(paths.event_digests()) as out:
         out.write(pl.concat(event_digests))
     mode = "full" if before is None else "incremental"
@@ -235,7 +198,7 @@ def materialize_steps(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
     )
     if not whole:  # the state last: a run that stops before this point leaves none
         write_text_atomic(json.dumps({
-            "code_version": STEPS_CODE_VERSION, "config": config_hash(cfg), "events": events_read,
+            "code_version": state.STEPS_CODE_VERSION, "config": state.config_hash(cfg), "events": events_read,
             "summary": dataclasses.asdict(summary),
             "tables": {"steps": steps_path(paths).stat().st_size,
                        "event_digests": paths.event_digests().stat().st_size}}, indent=1, sort_keys=True) + "\n",
@@ -243,49 +206,8 @@ def materialize_steps(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
     return summary
 
 
-def write_user_digests(digests: pl.DataFrame, paths: DatasetPaths) -> None:
-    """The steps' per-user digests, stamped with the steps table's rows and bytes (a reader checks
-    them: digests beside a steps table that another writer replaced are never used)."""
-    steps = steps_path(paths)
-    with ParquetAppender(paths.user_digests(), {"mbrec.steps_rows": str(pq_rows(steps)),
-                                                "mbrec.steps_bytes": str(steps.stat().st_size)}) as out:
-        out.write(digests)
-
-
-def current_user_digests(paths: DatasetPaths) -> pl.DataFrame | None:
-    """The per-user digests of the current steps table, or None when there are none for it."""
-    import pyarrow.parquet as pq
-
-    path, steps = paths.user_digests(), steps_path(paths)
-    if not path.is_file() or not steps.is_file():
-        return None
-    meta = pq.read_schema(path).metadata or {}
-    if (meta.get(b"mbrec.steps_rows") != str(pq_rows(steps)).encode()
-            or meta.get(b"mbrec.steps_bytes") != str(steps.stat().st_size).encode()):
-        return None
-    return pl.read_parquet(path)
-
-
-def pq_rows(path: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(path).metadata.num_rows
-
-
 def _set_name(cfg: DatasetConfig, mask: int) -> str:
     return "{" + ",".join(b for i, b in enumerate(cfg.behavior_names) if mask >> i & 1) + "}"
-
-
-SPLIT_CODE_VERSION = 1  # bump when a change alters what a split writes for the same steps
-# a refresh recomputes the changed users only while they are at most this share of all users
-INCREMENTAL_MAX_SHARE = 0.5
-SPLIT_TABLES = ("roles", "examples", "examples_unfiltered", "train_examples")
-
-
-def _split_files(paths: DatasetPaths, protocol: str) -> dict[str, Path]:
-    return {"roles": paths.roles(protocol), "examples": paths.examples(protocol),
-            "examples_unfiltered": paths.examples(protocol, filtered=False),
-            "train_examples": paths.train_examples(protocol), "users": paths.split_users(protocol)}
 
 
 @dataclass
@@ -294,70 +216,8 @@ class SplitParts:
 
     split: sp.Split
     leaks: pl.DataFrame
-    tables: dict[str, pl.DataFrame]  # SPLIT_TABLES -> frame
+    tables: dict[str, pl.DataFrame]  # state.SPLIT_TABLES -> frame
     train_leak_steps: int
-
-
-def users_table(digests: pl.DataFrame, flagged: dict[str, np.ndarray]) -> pl.DataFrame:
-    """``digests`` (user_id, digest) with the bitmask of the user sets each user is in."""
-    unknown = set(flagged) - set(sp.USER_FLAGS)
-    if unknown:
-        raise ValueError(f"split user sets {sorted(unknown)} are not in USER_FLAGS {sp.USER_FLAGS}")
-    user = digests[c.USER_ID].to_numpy()
-    flags = np.zeros(len(user), dtype=np.uint8)
-    for bit, name in enumerate(sp.USER_FLAGS):
-        ids = flagged.get(name)
-        if ids is not None and len(ids):
-            flags[np.isin(user, ids)] |= np.uint8(1 << bit)
-    return digests.with_columns(pl.Series("flags", flags, dtype=pl.UInt8))
-
-
-def _plan_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, cuts: tuple[int, int] | None,
-                full: bool) -> tuple[np.ndarray | None, str, dict]:
-    """The users to recompute (sorted dense ids), or None for a full recompute; why; the state.
-
-    The published split is reused for every user whose steps digest equals the one it was built
-    from, when its state says it was built by this code, from this registry entry, and its files are
-    the ones the state describes. A temporal split's cuts move with new data: a user with a step
-    between an old and a new cut changes role too, so is recomputed as well."""
-    import json
-
-    if full:
-        return None, "a full recompute was asked for", {}
-    if sp.PROTOCOL_TABLE[protocol].split_files_only:
-        return None, "a published release's split is recomputed in full", {}
-    try:
-        state = json.loads(paths.split_state(protocol).read_text())
-    except (OSError, ValueError):
-        return None, "no previous split state", {}
-    if state.get("code_version") != SPLIT_CODE_VERSION or state.get("config") != config_hash(cfg):
-        return None, "the registry entry or the split code changed", {}
-    files = _split_files(paths, protocol)
-    if any(not f.is_file() or f.stat().st_size != state.get("tables", {}).get(k) for k, f in files.items()):
-        return None, "the published split files differ from its state", {}
-    now = current_user_digests(paths)
-    if now is None:
-        return None, "the steps table has no digests of its own", {}
-    before = pl.read_parquet(files["users"]).select(c.USER_ID, pl.col("digest").alias("before"))
-    both = now.join(before, on=c.USER_ID, how="full", coalesce=True)
-    changed = both.filter(pl.col("digest").is_null() | pl.col("before").is_null()
-                          | (pl.col("digest") != pl.col("before")))[c.USER_ID]
-    why = f"{changed.len():,} of {now.height:,} users' steps changed"
-    old_cuts = tuple(state["cuts"]) if state.get("cuts") is not None else None
-    if cuts is not None and old_cuts != cuts:
-        ts = pl.col(c.TIMESTAMP)
-        between = pl.lit(False)
-        for a, b in zip(old_cuts or cuts, cuts, strict=True):
-            between = between | ((ts >= min(a, b)) & (ts < max(a, b)))
-        moved = pl.scan_parquet(steps_path(paths)).filter(between).select(c.USER_ID).unique().collect()[c.USER_ID]
-        changed = pl.concat([changed, moved])
-        why += f"; the cuts moved from {list(old_cuts or ())} to {list(cuts)}: {moved.len():,} users have steps between"
-    users = np.unique(changed.to_numpy()).astype(np.uint32)
-    if cuts is not None and old_cuts != cuts and len(users) == 0:  # the note would keep the old cuts
-        return None, f"{why}; no user to recompute says the new cuts", state
-    if len(users) > INCREMENTAL_MAX_SHARE * max(now.height, 1):
-        return None, f"{why}: {len(users):,} users, over {INCREMENTAL_MAX_SHARE:.0%}", state
-    return users, why, state
 
 
 def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, log: Log = print,
@@ -365,7 +225,7 @@ def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, lo
                       examples_per_block: int = EXAMPLES_PER_BLOCK, full: bool = False) -> SplitSummary:
     """Write one protocol's roles and examples (filtered and unfiltered), shard by shard of users.
 
-    When the published split's state matches (``_plan_split``), only the users whose steps changed
+    When the published split's state matches (``state.plan_split``), only the users whose steps changed
     are recomputed and the other users' rows are copied from the published tables: the same bytes
     as a full recompute (tested). ``full`` forces a full recompute.
 
@@ -401,18 +261,18 @@ def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, lo
             "examples_unfiltered": apply_filter(split.examples, NO_LEAKS, "off"), "train_examples": train},
             n_train_leaks)
 
-    changed, reason, state = _plan_split(cfg, paths, protocol, cuts, full)
-    if changed is not None and len(changed) == 0 and "summary" in state:  # the published split stands
+    changed, reason, published = state.plan_split(cfg, paths, protocol, cuts, full)
+    if changed is not None and len(changed) == 0 and "summary" in published:  # the published split stands
         log(f"{cfg.name}/{protocol}: unchanged ({reason})")
-        return SplitSummary(**{**state["summary"], "mode": "unchanged", "mode_reason": f"{reason}: nothing to do",
+        return SplitSummary(**{**published["summary"], "mode": "unchanged", "mode_reason": f"{reason}: nothing to do",
                                "users_recomputed": 0})
-    files = _split_files(paths, protocol)
+    files = state.split_files(paths, protocol)
     paths.split_state(protocol).unlink(missing_ok=True)  # a run that stops midway leaves no state
     bounds = user_shards(path, rows_per_shard)
     if changed is None:
         summary = _split_full(paths, path, bounds, files, split_of)
     else:
-        summary = _split_changed_users(paths, path, bounds, files, split_of, changed, state)
+        summary = _split_changed_users(paths, path, bounds, files, split_of, changed, published)
     summary.mode, summary.mode_reason = ("full" if changed is None else "incremental"), reason
     summary.leakage_filter, summary.max_len = opts.leakage_filter, opts.max_len
     summary.filter_training_targets = opts.filter_training_targets
@@ -421,7 +281,7 @@ def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, lo
             f"dataset '{cfg.name}', split {protocol}: no user has enough target steps "
             f"({summary.users_excluded:,} users excluded); targets are {opts.target_behaviors or cfg.targets}")
     write_text_atomic(json.dumps({
-        "code_version": SPLIT_CODE_VERSION, "config": config_hash(cfg), "cuts": list(cuts) if cuts else None,
+        "code_version": state.SPLIT_CODE_VERSION, "config": state.config_hash(cfg), "cuts": list(cuts) if cuts else None,
         "note": summary.note, "count_names": sorted(summary.user_counts), "summary": dataclasses.asdict(summary),
         "tables": {k: f.stat().st_size for k, f in files.items()}}, indent=1, sort_keys=True) + "\n",
         paths.split_state(protocol))
@@ -433,7 +293,7 @@ def materialize_split(cfg: DatasetConfig, paths: DatasetPaths, protocol: str, lo
 
 def _split_full(paths: DatasetPaths, path: Path, bounds: list[tuple[int, int]], files: dict[str, Path],
                 split_of: Callable[[pl.DataFrame], SplitParts]) -> SplitSummary:
-    digests = current_user_digests(paths)  # None: computed from each range's steps below
+    digests = state.current_user_digests(paths)  # None: computed from each range's steps below
     s = SplitSummary(applicable=True)
 
     def shard(b: tuple[int, int]) -> tuple[SplitParts, pl.DataFrame]:
@@ -441,15 +301,15 @@ def _split_full(paths: DatasetPaths, path: Path, bounds: list[tuple[int, int]], 
         d = user_digests(steps) if digests is None else \
             digests.filter(pl.col(c.USER_ID).is_between(b[0], b[1], closed="left"))
         parts = split_of(steps)
-        return parts, users_table(d, parts.split.flagged)
+        return parts, state.users_table(d, parts.split.flagged)
 
     with ExitStack() as stack:
-        out = {k: stack.enter_context(ParquetAppender(files[k])) for k in (*SPLIT_TABLES, "users")}
+        out = {k: stack.enter_context(ParquetAppender(files[k])) for k in (*state.SPLIT_TABLES, "users")}
         for parts, users in ordered_map(shard, bounds):
             split = parts.split
             for k, v in split.counts.items():
                 s.user_counts[k] = s.user_counts.get(k, 0) + v
-            for k in SPLIT_TABLES:
+            for k in state.SPLIT_TABLES:
                 out[k].write(parts.tables[k])
             out["users"].write(users)
             for role, n in split.roles.group_by("role").len().iter_rows():
@@ -467,16 +327,16 @@ def _split_full(paths: DatasetPaths, path: Path, bounds: list[tuple[int, int]], 
 
 def _split_changed_users(paths: DatasetPaths, path: Path, bounds: list[tuple[int, int]], files: dict[str, Path],
                          split_of: Callable[[pl.DataFrame], SplitParts], changed: np.ndarray,
-                         state: dict) -> SplitSummary:
+                         published: dict) -> SplitSummary:
     """Recompute the ``changed`` users only; every other user's rows are copied from the published
     tables. Range by range (the full recompute's ranges, so the row groups and bytes are the same),
     each table is the published rows of unchanged users and the new rows of changed ones, merged
     by user (a user's rows all come from one side, in their order)."""
     ids = pl.Series(c.USER_ID, changed, dtype=pl.UInt32).implode()
-    digests = current_user_digests(paths)
-    if digests is None:  # _plan_split found them; only another writer in between removes them
+    digests = state.current_user_digests(paths)
+    if digests is None:  # state.plan_split found them; only another writer in between removes them
         raise RuntimeError(f"{paths.user_digests()} disappeared while the split was being refreshed")
-    s = SplitSummary(applicable=True, users_recomputed=len(changed), note=state.get("note", ""))
+    s = SplitSummary(applicable=True, users_recomputed=len(changed), note=published.get("note", ""))
 
     def in_range(b: tuple[int, int]) -> pl.Expr:
         return pl.col(c.USER_ID).is_between(b[0], b[1], closed="left")
@@ -491,10 +351,10 @@ def _split_changed_users(paths: DatasetPaths, path: Path, bounds: list[tuple[int
             parts = split_of(steps)
             note = parts.split.note
             new = dict(parts.tables)
-            new["users"] = users_table(digests.filter(pl.col(c.USER_ID).is_in(ids) & in_range(b)),
+            new["users"] = state.users_table(digests.filter(pl.col(c.USER_ID).is_in(ids) & in_range(b)),
                                        parts.split.flagged)
         merged = {}
-        for k in (*SPLIT_TABLES, "users"):
+        for k in (*state.SPLIT_TABLES, "users"):
             old = pl.scan_parquet(files[k]).filter(keep).collect()
             merged[k] = old if k not in new else \
                 pl.concat([old, new[k]], how="vertical").sort(c.USER_ID, maintain_order=True)
@@ -502,7 +362,7 @@ def _split_changed_users(paths: DatasetPaths, path: Path, bounds: list[tuple[int
 
     with ExitStack() as stack:
         # the published files stay readable until each appender replaces its file on leaving
-        out = {k: stack.enter_context(ParquetAppender(files[k])) for k in (*SPLIT_TABLES, "users")}
+        out = {k: stack.enter_context(ParquetAppender(files[k])) for k in (*state.SPLIT_TABLES, "users")}
         for merged, note in ordered_map(shard, bounds):
             s.note = note if note is not None else s.note  # the protocol's note (temporal: the new cuts)
             for k, frame in merged.items():
@@ -521,7 +381,7 @@ def _split_changed_users(paths: DatasetPaths, path: Path, bounds: list[tuple[int
         n = int(((flags >> bit) & 1).sum())
         if name == "excluded":
             s.users_excluded = n
-        elif name in state.get("count_names", []):
+        elif name in published.get("count_names", []):
             s.user_counts[name] = n
     return s
 
