@@ -222,6 +222,10 @@ class DatasetLayout:
         """``kind``: ``npz`` (the arrays training loads) or ``parquet`` (the same, as a table)."""
         return self.model_ready_dir(protocol) / f"{role}.{kind}"
 
+    def model_ready_inputs(self, protocol: str) -> Path:
+        """The steps and examples files (size, footer hash) the arrays were built from (written last)."""
+        return self.model_ready_dir(protocol) / "inputs.json"
+
     def model_ready_tables(self) -> list[Path]:
         return sorted(self.model_ready_dir().glob("*/*.parquet"))
 

@@ -104,12 +104,16 @@ def test_daily_drops_recompute_the_changed_users_only_with_the_bytes_of_a_full_r
         assert refreshed["eidp"].user_counts["users_training_only"] == rebuilt["eidp"].user_counts["users_training_only"]
         assert materialize_statistics(cfg, inc, log=quiet) == materialize_statistics(cfg, full, log=quiet)
         assert _tree_bytes(inc.statistics_dir()) == _tree_bytes(full.statistics_dir())
+        ready = stage.materialize_model_ready(cfg, inc, log=quiet, rows_per_shard=ROWS_PER_SHARD)
+        assert ready == stage.materialize_model_ready(cfg, full, log=quiet, rows_per_shard=ROWS_PER_SHARD)
+        assert _tree_bytes(inc.model_ready_dir()) == _tree_bytes(full.model_ready_dir())
 
     # nothing new: nothing is recomputed or rewritten, and the summaries are the last run's
     files = {f: f.stat().st_mtime_ns for f in inc.outputs_dir.rglob("*") if f.is_file() and f.name != ".lock"}
     statistics = materialize_statistics(cfg, inc, log=quiet)
     again = _build(cfg, inc)
     assert materialize_statistics(cfg, inc, log=quiet) == statistics
+    assert stage.materialize_model_ready(cfg, inc, log=quiet, rows_per_shard=ROWS_PER_SHARD) == ready
     assert {k: again[k].mode for k in ("steps", *REFRESHED)} == dict.fromkeys(["steps", *REFRESHED], "unchanged")
     assert all(_made(again[k]) == _made(refreshed[k]) for k in again)
     assert {f: f.stat().st_mtime_ns for f in inc.outputs_dir.rglob("*") if f.is_file() and f.name != ".lock"} == files

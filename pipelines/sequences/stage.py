@@ -400,6 +400,7 @@ def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = 
     5M-step range's arrays took 3.9 GB at 20M Taobao rows). ``tables=False`` writes the .npz only
     (a shard run: the merge writes the dataset's tables from the shards' arrays). The arrays' bytes
     do not depend on the ranges or the blocks; the tables hold one row group per block."""
+    import json
     from contextlib import nullcontext
 
     from pipelines.sequences import model_ready
@@ -411,6 +412,23 @@ def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = 
     for protocol in protocols:
         if not paths.examples(protocol).is_file():
             continue
+        # the same steps and examples (and options) give the same arrays: a refresh in which this
+        # split did not change keeps them (38 s for the four protocols at 20M Taobao rows)
+        inputs = {"config": state.config_hash(cfg), "tables": tables, "examples_per_block": examples_per_block,
+                  **{k: file_identity(f) for k, f in (("steps", path), ("examples", paths.examples(protocol)),
+                                                      ("train_examples", paths.train_examples(protocol)))}}
+        record = paths.model_ready_inputs(protocol)
+        outputs = [paths.model_ready(protocol, role, kind) for role in ("train", "valid", "test")
+                   for kind in (("npz", "parquet") if tables else ("npz",))]
+        try:
+            published = json.loads(record.read_text())
+        except (OSError, ValueError):
+            published = {}
+        if published.get("inputs") == inputs and all(f.is_file() for f in outputs):
+            summary[protocol] = {role: published["summary"][role] for role in ("train", "valid", "test")}
+            log(f"{cfg.name}/{protocol}: model-ready unchanged (the same steps and examples)")
+            continue
+        record.unlink(missing_ok=True)  # a run that stops midway leaves none
         # the arrays stream to their .npz files block by block (at 100M Taobao events the session
         # protocol's arrays alone are about 15 GB)
         table = (lambda role: ParquetAppender(paths.model_ready(protocol, role, "parquet"))) if tables else \
@@ -442,6 +460,8 @@ def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = 
                     arrays[role].append(a)
                 del steps, parts, blocks
         summary[protocol] = {role: a.rows.get("user_ids", 0) for role, a in arrays.items()}
+        write_text_atomic(json.dumps({"inputs": inputs, "summary": summary[protocol]}, indent=1, sort_keys=True)
+                          + "\n", record)
         log(f"{cfg.name}/{protocol}: model-ready {summary[protocol]}")
     return summary
 
