@@ -102,6 +102,46 @@ def test_daily_files_whose_headers_differ_are_checked_against_their_own_header(r
             ("events_2.csv", 3, "wrong column count: expected 4, got 3")]
 
 
+def _tenrec_drops(registry):
+    cfg = registry.get("tenrec_qk_article")
+    return cfg.model_copy(update={"files": {"events": "QK-article_*.csv"}})
+
+
+WITH_CATEGORIES = ("user_id,item_id,read,click,like,share,follow,favorite,category_first,category_second\n"
+                   "1,5,1,1,0,0,0,0,news,sports\n2,6,1,0,0,0,0,0,news,tech\n")
+WITHOUT_CATEGORIES = "item_id,user_id,read,click,like,share,follow,favorite\n7,1,1,0,0,0,0,0\n5,3,0,1,0,0,0,0\n"
+
+
+def test_daily_files_with_other_optional_columns_take_their_union(registry, tmp_path):
+    """A Tenrec drop without the category columns: its rows have null categories, the item seen in
+    both files keeps the earlier file's; the incremental run over it writes the full rebuild's bytes."""
+    cfg = _tenrec_drops(registry)
+    raw = tmp_path / "raw"
+    write(raw, "QK-article_1.csv", WITH_CATEGORIES)
+    run_ingest(cfg, raw, tmp_path / "inc")
+    write(raw, "QK-article_2.csv", WITHOUT_CATEGORIES)
+    for out in ("inc", "full"):
+        s, t = run_ingest(cfg, raw, tmp_path / out)
+        assert s.mode == ("incremental" if out == "inc" else "full"), s.reason
+        assert s.rows_kept == 4 and s.rows_quarantined == 0
+        assert t["item_side_info"].select(c.RAW_ITEM_ID, c.CATEGORY_ID, c.CATEGORY_PATH).rows() == [
+            (5, "sports", "news > sports"), (6, "tech", "news > tech"), (7, None, None)]
+    for name in ("events", "user_id_map", "item_id_map", "item_side_info", "quarantine"):
+        assert (tmp_path / "inc" / f"{name}.parquet").read_bytes() == (tmp_path / "full" / f"{name}.parquet").read_bytes()
+
+
+def test_a_drop_that_brings_new_optional_columns_rebuilds_in_full(registry, tmp_path):
+    cfg = _tenrec_drops(registry)
+    raw = tmp_path / "raw"
+    write(raw, "QK-article_1.csv", WITHOUT_CATEGORIES)
+    run_ingest(cfg, raw, tmp_path / "out")
+    write(raw, "QK-article_2.csv", WITH_CATEGORIES)
+    s, t = run_ingest(cfg, raw, tmp_path / "out")
+    assert s.mode == "full" and "category" in s.reason and "QK-article_2.csv" in s.reason
+    # ids by first file: 5 and 7 from the first file, 6 from the second; 5's category is the one seen
+    assert t["item_side_info"].select(c.RAW_ITEM_ID, c.CATEGORY_ID).rows() == [(5, "sports"), (7, None), (6, "tech")]
+
+
 def test_kuaisar_flags_float_ms_and_english_categories(registry, tmp_path):
     cfg = registry.get("kuaisar")
     raw = tmp_path / "raw"

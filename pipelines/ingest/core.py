@@ -30,7 +30,7 @@ from typing import Any
 import polars as pl
 
 from pipelines.ingest.errors import IngestError
-from pipelines.ingest.formats import EVENT_PARSERS, EVENT_ROLES, event_files, item_attributes_from_files
+from pipelines.ingest.formats import EVENT_PARSERS, EVENT_ROLES, event_files, item_attributes_from_files, with_extras
 from pipelines.ingest.incremental import FULL, INCREMENTAL, STATE_FILE, IngestState, Plan, append_only, plan_ingest
 from pipelines.ingest.lines import TEXT, Check, RawFile, escape_invisible, readable_copy, utf8_check
 from pipelines.reporting import Log
@@ -162,6 +162,8 @@ def ingest_dataset(
                 log(f"{cfg.name}: {plan.reason}")
                 return _current_summary(out_dir, plan, started)  # nothing new: the published version stands
             plan = Plan(FULL, "the published source description differs")
+        if plan.mode == INCREMENTAL:
+            plan = _unless_new_columns(cfg, files, plan)
         log(f"{cfg.name}: {plan.mode} ingest: {plan.reason}")
         prev_dir = out_dir.resolve() if plan.mode == INCREMENTAL else None
         prev_report = json.loads((prev_dir / REPORT_FILE).read_text()) if prev_dir else None
@@ -185,6 +187,19 @@ def ingest_dataset(
         f"{summary.seconds:.1f} s)"
     )
     return summary
+
+
+def _unless_new_columns(cfg: DatasetConfig, files: dict[str, list[RawFile]], plan: Plan) -> Plan:
+    """A full rebuild when the new files bring optional columns (item attributes) that the ingested
+    files lack: every earlier row gains that column (null), so nothing published can be reused."""
+    event_roles = set(EVENT_ROLES[cfg.format])
+    reused = set(plan.reused_files)
+    before = EVENT_PARSERS[cfg.format](cfg, {r: [f for f in fs if f.name in reused] for r, fs in files.items()
+                                             if r in event_roles}).extras
+    added = [e for e in EVENT_PARSERS[cfg.format](cfg, files).extras if e not in before]
+    if added:
+        return Plan(FULL, f"new file(s) {plan.new_files} bring column(s) {added} the ingested files lack")
+    return plan
 
 
 _TABLE_KEYS = ("events", "user_id_map", "item_id_map", "item_side_info", "quarantine", "ingest_report")
@@ -245,8 +260,12 @@ def parse_raw(cfg: DatasetConfig, files: dict[str, list[RawFile]], to_parse: dic
                 for role, fs in to_parse.items()}
     parse_files = event_files(cfg, to_parse)
     source = EVENT_PARSERS[cfg.format](cfg, to_parse)
-    # the checks come from every file (reason codes and column counts as in a full rebuild)
-    all_checks = source.checks if prev_dir is None else EVENT_PARSERS[cfg.format](cfg, files).checks
+    # the checks and optional columns come from every file (reason codes, column counts and the
+    # events' columns as in a full rebuild)
+    all_checks = source.checks
+    if prev_dir is not None:
+        every_file = EVENT_PARSERS[cfg.format](cfg, files)
+        all_checks, source = every_file.checks, with_extras(source, every_file.extras)
     checks = [utf8_check(parse_files), *all_checks]
     code = _reason_code(checks)
     # 1. one streaming pass over the raw lines: every row's parsed values and reason code. Scratch,

@@ -74,12 +74,25 @@ def _concat(sources: list[ParsedSource], names: list[str]) -> ParsedSource:
 
         checks = [Check(ch.kind, per_file([s.checks[i].condition for s in sources]),
                         per_file([s.checks[i].message for s in sources])) for i, ch in enumerate(checks)]
+    # files with other optional columns (a Tenrec drop without the category columns): the union of
+    # the columns, in order of first appearance, null where a file lacks one
+    extras = list(dict.fromkeys(e for s in sources for e in s.extras))
+    raw_fields = list(dict.fromkeys(f for s in sources for f in s.raw_fields))
+    alike = all(s.extras == first.extras and s.raw_fields == first.raw_fields for s in sources[1:])
     return ParsedSource(
-        frame=pl.concat([s.frame for s in sources], how="vertical"),
+        frame=pl.concat([s.frame for s in sources], how="vertical" if alike else "diagonal"),
         checks=checks,
-        raw_fields=first.raw_fields,
-        extras=first.extras,
+        raw_fields=raw_fields,
+        extras=extras,
     )
+
+
+def with_extras(source: ParsedSource, extras: list[str]) -> ParsedSource:
+    """``source`` with exactly ``extras`` (in that order): the ones it lacks are null. An incremental
+    ingest parses only the new files, whose optional columns may be a subset of all files'."""
+    missing = [e for e in extras if e not in source.extras]
+    frame = source.frame.with_columns(pl.lit(None, pl.String).alias(e) for e in missing) if missing else source.frame
+    return ParsedSource(frame=frame, checks=source.checks, raw_fields=source.raw_fields, extras=list(extras))
 
 
 def _headered(raw: RawFile, required: list[str]) -> tuple[pl.LazyFrame, dict[str, int], int]:
