@@ -252,3 +252,22 @@ def test_replaced_files_that_lose_users_drop_them_from_steps_and_splits(registry
     assert refreshed["steps"].users == before - len(gone)
     assert _made(refreshed["steps"]) == _made(rebuilt["steps"])
     assert _split_bytes(inc) == _split_bytes(full)
+
+
+def test_ranges_where_most_users_changed_are_recomputed_whole(registry, drops, tmp_path):
+    """A replaced file with a new user whose raw id is the smallest renumbers every user: each range's
+    steps are recomputed whole (no merge with the published rows), with a full recompute's bytes."""
+    cfg = _cfg(registry)
+    inc, full = DatasetLayout(tmp_path / "inc", cfg.name), DatasetLayout(tmp_path / "full", cfg.name)
+    _drop(inc, 0, drops[0])
+    users = _build(cfg, inc)["steps"].users
+    item, cat, _, ts = drops[0].splitlines()[0].split(",")[1:]
+    first = f"0,{item},{cat},pv,{ts}\n" + drops[0]  # raw user 0: dense id 0, everyone else moves up one
+    for layout in (inc, full):
+        _drop(layout, 0, first)
+    refreshed, rebuilt = _build(cfg, inc), _build(cfg, full)
+    steps = refreshed["steps"]
+    assert steps.mode == "incremental" and steps.users_recomputed == users + 1
+    assert "user ranges recomputed whole" in steps.mode_reason
+    assert _made(steps) == _made(rebuilt["steps"])
+    assert _split_bytes(inc) == _split_bytes(full)

@@ -125,6 +125,7 @@ def materialize_steps(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
     rounds: list[dict[str, int]] = []
     sets: dict[int, int] = {}
     users = sessions = recomputed = 0
+    whole_ranges: list[tuple[int, int]] = []  # ranges where most users changed
 
     def shard_steps(bounds: tuple[int, int]) -> tuple[pl.DataFrame | None, pl.DataFrame, Any, int]:
         events = read_user_range(events_path, bounds[0], bounds[1], state.STEP_INPUT_COLUMNS)
@@ -137,7 +138,11 @@ def materialize_steps(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
             both = digests.join(old.rename({"digest": "before"}), on=c.USER_ID, how="full", coalesce=True)
             changed = both.filter(pl.col("digest").is_null() | pl.col("before").is_null()
                                   | (pl.col("digest") != pl.col("before")))[c.USER_ID].implode()
-            cleaned = cleaned.filter(pl.col(c.USER_ID).is_in(changed))
+            if changed.list.len().item() > state.INCREMENTAL_MAX_SHARE * max(digests.height, 1):
+                changed = None  # most of the range changed (renumbered users): recomputed whole, no merge
+                whole_ranges.append(bounds)
+            else:
+                cleaned = cleaned.filter(pl.col(c.USER_ID).is_in(changed))
         steps = with_sessions(behavior_steps(cleaned, cfg, opts), opts.session_gap_minutes) \
             if not cleaned.is_empty() else None
         n = digests.height if changed is None else changed.list.len().item()
@@ -180,6 +185,9 @@ def materialize_steps(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
     with ParquetAppender(paths.event_digests()) as out:
         out.write(pl.concat(event_digests))
     mode = "full" if before is None else "incremental"
+    if whole_ranges:
+        reason += (f"; {len(whole_ranges)} of {len(shards)} user ranges recomputed whole (over "
+                   f"{state.INCREMENTAL_MAX_SHARE:.0%} of their users changed)")
     log(f"{cfg.name}: {n_steps:,} steps ({mode}: {reason}; {recomputed:,} users computed)")
     items = pl.scan_parquet(steps_path(paths)).select(pl.col(c.ITEM_ID).n_unique()).collect().item()
     top = sorted(sets.items(), key=lambda kv: (-kv[1], kv[0]))[:15]  # ties by mask: the same order every run

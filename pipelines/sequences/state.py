@@ -90,7 +90,8 @@ def pq_rows(path: Path) -> int:
 
 
 SPLIT_CODE_VERSION = 1  # bump when a change alters what a split writes for the same steps
-# a refresh recomputes the changed users only while they are at most this share of all users
+# a refresh recomputes the changed users only while they are at most this share of all users (a
+# split) or of a range's users (steps); past it, recomputing everyone is cheaper than merging
 INCREMENTAL_MAX_SHARE = 0.5
 SPLIT_TABLES = ("roles", "examples", "examples_unfiltered", "train_examples")
 
