@@ -24,10 +24,11 @@ def blocks(seed: int = 0) -> list[dict[str, np.ndarray]]:
     return out
 
 
-def test_appended_blocks_give_the_bytes_of_the_concatenated_arrays(tmp_path, monkeypatch):
+@pytest.mark.parametrize("declared", [None, 23], ids=["assembled", "in_place"])
+def test_appended_blocks_give_the_bytes_of_the_concatenated_arrays(tmp_path, monkeypatch, declared):
     parts = blocks()
     monkeypatch.setattr(NpzAppender, "CHUNK", 1000)  # many chunks per array
-    with NpzAppender(tmp_path / "streamed.npz") as out:
+    with NpzAppender(tmp_path / "streamed.npz", rows=declared) as out:
         for b in parts:
             out.append(b)
     assert out.rows == {"items": 23, "lengths": 23, "user_ids": 23, "gaps": 23}
@@ -52,6 +53,21 @@ def test_nothing_appended_is_an_empty_archive_and_a_failure_publishes_nothing(tm
             out.append({"items": np.zeros((2, 50), np.int64)})
     assert (tmp_path / "kept.npz").read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.npz", "empty_whole.npz", "kept.npz"]
+
+
+@pytest.mark.parametrize("rows, error", [(22, "more than the 22 rows declared"), (24, "24 declared")])
+def test_a_total_other_than_the_declared_rows_publishes_nothing(tmp_path, rows, error):
+    (tmp_path / "kept.npz").write_bytes(b"previous")
+    with pytest.raises(ValueError, match=error):
+        with NpzAppender(tmp_path / "kept.npz", rows=rows) as out:
+            for b in blocks():
+                out.append(b)
+    with pytest.raises(ValueError, match="'extra' was not in the first block"):
+        with NpzAppender(tmp_path / "kept.npz", rows=4) as out:
+            out.append({"items": np.zeros((2, 50), np.int32)})
+            out.append({"items": np.zeros((2, 50), np.int32), "extra": np.zeros(2)})
+    assert (tmp_path / "kept.npz").read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["kept.npz"]  # no scratch left
 
 
 def model_ready_arrays(rng: np.random.Generator, users: np.ndarray) -> dict[str, np.ndarray]:

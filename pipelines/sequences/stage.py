@@ -441,10 +441,12 @@ def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = 
         # protocol's arrays alone are about 15 GB)
         table = (lambda role: ParquetAppender(paths.model_ready(protocol, role, "parquet"))) if tables else \
             (lambda role: nullcontext())
+        # each role's rows, known up front, let the arrays be written straight into place
+        rows = _model_ready_rows(paths, protocol, ranges)
         with (table("train") as w_train, table("valid") as w_valid, table("test") as w_test,
-              NpzAppender(paths.model_ready(protocol, "train")) as a_train,
-              NpzAppender(paths.model_ready(protocol, "valid")) as a_valid,
-              NpzAppender(paths.model_ready(protocol, "test")) as a_test):
+              NpzAppender(paths.model_ready(protocol, "train"), rows["train"]) as a_train,
+              NpzAppender(paths.model_ready(protocol, "valid"), rows["valid"]) as a_valid,
+              NpzAppender(paths.model_ready(protocol, "test"), rows["test"]) as a_test):
             writers = {"train": w_train, "valid": w_valid, "test": w_test}
             arrays = {"train": a_train, "valid": a_valid, "test": a_test}
             for lo, hi in ranges:
@@ -472,6 +474,17 @@ def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = 
                           + "\n", record)
         log(f"{cfg.name}/{protocol}: model-ready {summary[protocol]}")
     return summary
+
+
+def _model_ready_rows(paths: DatasetPaths, protocol: str, ranges: list[tuple[int, int]]) -> dict[str, int]:
+    """The examples each role's arrays get: one row per example of a user in ``ranges``."""
+    if not ranges:
+        return dict.fromkeys(("train", "valid", "test"), 0)
+    in_ranges = pl.col(c.USER_ID).is_between(ranges[0][0], ranges[-1][1], closed="left")
+    rows = dict(pl.scan_parquet(paths.examples(protocol)).filter(in_ranges).group_by("role").len()
+                .collect().iter_rows())
+    train = pl.scan_parquet(paths.train_examples(protocol)).filter(in_ranges).select(pl.len()).collect().item()
+    return {"train": int(train), "valid": int(rows.get("valid", 0)), "test": int(rows.get("test", 0))}
 
 
 def materialize_exports(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print) -> dict[str, object]:
