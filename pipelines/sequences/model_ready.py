@@ -121,6 +121,50 @@ def to_frame(arrays: dict[str, np.ndarray], role: str) -> pl.DataFrame:
     })
 
 
+TABLE_ROWS_PER_GROUP = 65_536  # rows of a model-ready table's row group (and read from the arrays at a time)
+
+
+def write_table(arrays: Path, target: Path, role: str, rows_per_group: int = TABLE_ROWS_PER_GROUP) -> int:
+    """One role's table (``to_frame`` rows) from its ``.npz`` arrays, a block of rows at a time,
+    through polars' streaming parquet sink; written under a temporary name, then renamed. Returns
+    the rows.
+
+    The arrays are read back (from the page cache, just written) rather than handed over while
+    they are built: polars' sink encodes the Array columns 3.3x as fast as pyarrow's writer (1.2 s
+    against 3.9 s for the session protocol's 1.9M test rows), and a generator is how it takes
+    blocks. Row groups hold ``rows_per_group`` rows: the bytes depend on the arrays only.
+    """
+    import uuid
+
+    from polars.io.plugins import register_io_source
+
+    from pipelines.storage import npz_members
+
+    members = npz_members(arrays)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        if not members:  # no array at all (no user range): an empty table, as before
+            pl.DataFrame().write_parquet(tmp)
+            tmp.replace(target)
+            return 0
+        n = len(members["user_ids"])
+
+        def block(lo: int) -> pl.DataFrame:
+            return to_frame({k: m.rows(lo, lo + rows_per_group) for k, m in members.items()}, role)
+
+        def source(with_columns, predicate, n_rows, batch_size):  # noqa: ANN001, ARG001 (polars' signature)
+            for lo in range(0, max(n, 1), rows_per_group):
+                frame = block(lo)
+                yield frame if with_columns is None else frame.select(with_columns)
+
+        register_io_source(source, schema=block(0).clear().schema).sink_parquet(
+            tmp, row_group_size=rows_per_group, maintain_order=True)
+        tmp.replace(target)
+        return n
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def from_frame(frame: pl.DataFrame) -> dict[str, np.ndarray]:
     """The arrays ``build`` returned for the rows of a ``to_frame`` table (its inverse), int32."""
     return {**{name: frame[name].to_numpy().astype(np.int32, copy=False) for name in ARRAYS},

@@ -407,9 +407,9 @@ def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = 
     range's arrays (the session protocol has about one valid/test example per 5 steps: holding a
     5M-step range's arrays took 3.9 GB at 20M Taobao rows). ``tables=False`` writes the .npz only
     (a shard run: the merge writes the dataset's tables from the shards' arrays). The arrays' bytes
-    do not depend on the ranges or the blocks; the tables hold one row group per block."""
+    do not depend on the ranges or the blocks; each table is written from its role's arrays once
+    they are (``model_ready.write_table``), in row groups of a fixed number of rows."""
     import json
-    from contextlib import nullcontext
 
     from pipelines.sequences import model_ready
 
@@ -439,15 +439,11 @@ def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = 
         record.unlink(missing_ok=True)  # a run that stops midway leaves none
         # the arrays stream to their .npz files block by block (at 100M Taobao events the session
         # protocol's arrays alone are about 15 GB)
-        table = (lambda role: ParquetAppender(paths.model_ready(protocol, role, "parquet"))) if tables else \
-            (lambda role: nullcontext())
         # each role's rows, known up front, let the arrays be written straight into place
         rows = _model_ready_rows(paths, protocol, ranges)
-        with (table("train") as w_train, table("valid") as w_valid, table("test") as w_test,
-              NpzAppender(paths.model_ready(protocol, "train"), rows["train"]) as a_train,
+        with (NpzAppender(paths.model_ready(protocol, "train"), rows["train"]) as a_train,
               NpzAppender(paths.model_ready(protocol, "valid"), rows["valid"]) as a_valid,
               NpzAppender(paths.model_ready(protocol, "test"), rows["test"]) as a_test):
-            writers = {"train": w_train, "valid": w_valid, "test": w_test}
             arrays = {"train": a_train, "valid": a_valid, "test": a_test}
             for lo, hi in ranges:
                 steps = read_user_range(path, lo, hi)
@@ -459,16 +455,17 @@ def materialize_model_ready(cfg: DatasetConfig, paths: DatasetPaths, log: Log = 
                 blocks = [(role, ex.slice(start, examples_per_block)) for role, ex in parts
                           for start in range(0, max(ex.height, 1), examples_per_block)]
 
-                def build(block: tuple[str, pl.DataFrame], steps: pl.DataFrame = steps) -> tuple[str, dict, pl.DataFrame | None]:
+                def build(block: tuple[str, pl.DataFrame], steps: pl.DataFrame = steps) -> tuple[str, dict]:
                     role, ex = block
-                    a = model_ready.build(steps, ex, opts.max_len)
-                    return role, a, model_ready.to_frame(a, role) if tables else None
+                    return role, model_ready.build(steps, ex, opts.max_len)
 
-                for role, a, frame in ordered_map(build, blocks):
-                    if frame is not None:
-                        writers[role].write(frame)
+                for role, a in ordered_map(build, blocks):
                     arrays[role].append(a)
                 del steps, parts, blocks
+        if tables:  # the tables from the arrays just written
+            for role in ("train", "valid", "test"):
+                model_ready.write_table(paths.model_ready(protocol, role), paths.model_ready(protocol, role, "parquet"),
+                                        role)
         summary[protocol] = {role: a.rows.get("user_ids", 0) for role, a in arrays.items()}
         write_text_atomic(json.dumps({"inputs": inputs, "summary": summary[protocol]}, indent=1, sort_keys=True)
                           + "\n", record)
