@@ -80,6 +80,34 @@ def test_retailrocket_ms_and_side_files(registry, tmp_path):
     assert t["item_side_info"].select(c.CATEGORY_ID, c.CATEGORY_PATH).rows() == [("1017", "200 > 1017")]
 
 
+def test_retailrocket_category_is_the_latest_snapshot_whatever_the_file_order(registry, tmp_path):
+    """The property files are weekly snapshots, not time-sorted: the latest `categoryid` wins even
+    when it comes first; at one timestamp, the later row in file order (part1, then part2)."""
+    cfg = registry.get("retailrocket")
+    raw = tmp_path / "raw"
+    write(raw, "events.csv", "timestamp,visitorid,event,itemid,transactionid\n"
+                             "1433221332117,1,view,10,\n1433221332118,1,view,20,\n")
+    head = "timestamp,itemid,property,value\n"
+    write(raw, "item_properties_part1.csv", head + "1435460400000,10,categoryid,1017\n"   # latest, first
+                                           "1431226800000,10,categoryid,1016\n"
+                                           "1433041200000,20,categoryid,5\n")
+    write(raw, "item_properties_part2.csv", head + "1433646000000,10,categoryid,1015\n"
+                                           "1433041200000,20,categoryid,4\n")        # same time: later file
+    write(raw, "category_tree.csv", "categoryid,parentid\n1017,200\n200,\n1016,200\n1015,200\n5,\n4,\n")
+    _, t = run_ingest(cfg, raw, tmp_path / "out")
+    assert t["item_side_info"].select(c.RAW_ITEM_ID, c.CATEGORY_ID, c.CATEGORY_PATH).rows() == [
+        (10, "1017", "200 > 1017"), (20, "4", "4")]
+    # many ties (an unstable sort scrambles them at this size): 100 items, 500 rows each at one time
+    items = [i % 100 for i in range(50_000)]
+    write(raw, "events.csv", "timestamp,visitorid,event,itemid,transactionid\n"
+          + "".join(f"1433221332117,1,view,{i},\n" for i in range(100)))
+    write(raw, "item_properties_part1.csv", head + "".join(f"1433041200000,{i},categoryid,{n}\n"
+                                                           for n, i in enumerate(items)))
+    write(raw, "item_properties_part2.csv", head)
+    _, t = run_ingest(cfg, raw, tmp_path / "many")
+    assert t["item_side_info"][c.CATEGORY_ID].to_list() == [str(49_900 + i) for i in range(100)]
+
+
 def test_daily_files_whose_headers_differ_are_checked_against_their_own_header(registry, tmp_path):
     """A later drop without the transactionid column: its rows have four fields, as its header says;
     each file's column count comes from its own header (not the first file's), and a short line is

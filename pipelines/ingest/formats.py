@@ -244,7 +244,7 @@ def retailrocket_item_attributes(files: Files) -> pl.LazyFrame | None:
         props.filter(pl.col("property") == "categoryid")
         .with_columns(pl.col("itemid").str.to_integer(strict=False).alias(c.RAW_ITEM_ID))
         .drop_nulls(c.RAW_ITEM_ID)
-        .sort("timestamp", c.RAW_ITEM_ID)
+        .sort("timestamp", c.RAW_ITEM_ID, maintain_order=True)  # ties: the later in file order wins
         .group_by(c.RAW_ITEM_ID)
         .agg(pl.col("value").last().alias(c.CATEGORY_ID))
     )
