@@ -656,6 +656,11 @@ def _rr_side_files(world: _World, spec: SyntheticSpec, files: _AtomicFiles) -> N
             tok = 100_000 + topic[:, None] * 5000 + rng.integers(0, 300, (n, 2))
             again = np.flatnonzero(rng.random(n) < 0.25)  # availability changes later for some items
             later = snap0 + rng.integers(snap[again] + 1, n_snaps) * week_ms
+            # some items were recategorized: an earlier snapshot holds another category (the latest
+            # value is the item's category); the shuffle below puts it before or after the latest
+            moved = np.flatnonzero((rng.random(n) < 0.05) & (snap > 0))
+            earlier = snap0 + rng.integers(0, snap[moved]) * week_ms
+            stale = node_raw[t_n + (world.item_cat[idx[moved]] + 1 + rng.integers(0, max(c_n - 1, 1), len(moved))) % c_n]
             frames = [
                 pl.DataFrame({"timestamp": ts, "itemid": raw, "property": "categoryid",
                               "value": pl.Series(node_raw[t_n + world.item_cat[idx]]).cast(pl.String)}),
@@ -668,6 +673,8 @@ def _rr_side_files(world: _World, spec: SyntheticSpec, files: _AtomicFiles) -> N
                               "value": pl.Series(tok[:, 0]).cast(pl.String) + " " + pl.Series(tok[:, 1]).cast(pl.String)}),
                 pl.DataFrame({"timestamp": later, "itemid": raw[again], "property": "available",
                               "value": pl.Series(1 - avail[again]).cast(pl.String)}),
+                pl.DataFrame({"timestamp": earlier, "itemid": raw[moved], "property": "categoryid",
+                              "value": pl.Series(stale).cast(pl.String)}),
             ]
             df = pl.concat(frames)
             files.write(name, df[rng.permutation(df.height)])
