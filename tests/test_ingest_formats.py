@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import polars as pl
 
-from conftest import run_ingest, write
+from conftest import run_ingest, with_options, write
 from schemas import columns as c
 
 
@@ -38,6 +38,20 @@ def test_taobao(registry, tmp_path):
     assert ev[c.SOURCE_FILE].unique().to_list() == ["UserBehavior.csv"]
     assert t["item_side_info"].select(c.ITEM_ID, c.RAW_ITEM_ID, c.CATEGORY_ID).rows() == [(0, 44, "8"), (1, 55, "7")]
     assert (s.rows_read, s.rows_kept, s.rows_quarantined, s.duplicates_dropped) == (4, 4, 0, 0)
+
+
+def test_the_valid_window_is_in_the_dataset_s_local_time(registry, tmp_path):
+    """Taobao's window is 2017-11-25..2017-12-03 in China time (UTC+8): it opens at 2017-11-24
+    16:00 UTC and closes at 2017-12-03 16:00 UTC; one second either side is quarantined."""
+    cfg = with_options(registry.get("taobao"), bad_row_threshold=0.6)
+    opens, closes = 1511539200, 1512316800  # 2017-11-25 00:00 and 2017-12-04 00:00 at UTC+8
+    write(tmp_path / "raw", "UserBehavior.csv",
+          f"1,5,7,pv,{opens - 1}\n1,5,7,pv,{opens}\n1,5,7,pv,{closes - 1}\n1,5,7,pv,{closes}\n")
+    s, t = run_ingest(cfg, tmp_path / "raw", tmp_path / "out")
+    assert t["events"][c.TIMESTAMP].to_list() == [opens * 1000, (closes - 1) * 1000]
+    assert t["quarantine"].select(c.SOURCE_LINE, c.REASON).rows() == [
+        (1, f"timestamp '{opens - 1}' outside the valid range [2017-11-25, 2017-12-04)"),
+        (4, f"timestamp '{closes}' outside the valid range [2017-11-25, 2017-12-04)")]
 
 
 def test_tmall_day_granularity_and_codes(registry, tmp_path):
