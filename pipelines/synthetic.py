@@ -821,6 +821,25 @@ def _tenrec_chunk(world: _World, spec: SyntheticSpec, ci: int, u0: int, u1: int)
 _SPLIT_FILES = tuple(RELEASE_SPLIT_FILES.values())
 
 
+# the published QK-Video release's flag mix (train.txt: 133,468 lines, column sums click 93,302,
+# like 67,700, share 5,846, follow 4,264): likes on about half the lines, and about 30% of the
+# lines without a click (a like, share or follow alone)
+RELEASE_LIKE, RELEASE_NO_CLICK, RELEASE_SHARE, RELEASE_FOLLOW = 0.46, 0.60, 0.012, 0.008
+
+
+def _release_flags(f: dict[str, np.ndarray], rng: np.random.Generator, s: _Slots) -> dict[str, np.ndarray]:
+    """``_flags`` reshaped to the release's mix: more likes (interest-matched ones first), then the
+    click dropped from a share of the liked lines; shares and follows a little more often."""
+    total = len(s.time)
+    click = f["click"]
+    boost = np.where(s.matched, 1.0, 0.45)
+    like = f["like"] | (click & (rng.random(total) < RELEASE_LIKE * boost))
+    share = f["share"] | (click & (rng.random(total) < RELEASE_SHARE * boost * np.where(like, 2.0, 0.5)))
+    follow = f["follow"] | (click & (rng.random(total) < RELEASE_FOLLOW * boost * np.where(like, 2.0, 0.5)))
+    click = click & ~(like & (rng.random(total) < RELEASE_NO_CLICK))
+    return {"click": click, "like": like, "share": share, "follow": follow}
+
+
 def _splits_chunk(world: _World, spec: SyntheticSpec, ci: int, u0: int, u1: int) -> dict[str, pl.DataFrame]:
     """The four files of an EIDP/BLADE release, with the quirks of the published QK-Video one.
 
@@ -830,11 +849,13 @@ def _splits_chunk(world: _World, spec: SyntheticSpec, ci: int, u0: int, u1: int)
       line and ~4.2% no valid line; valid/test items always occur in ``train.txt`` (a line whose item
       does not is withheld, as the release's item filter does);
     - ``train.txt`` and ``between_val_test.txt`` interleave blocks of users' lines (file order within
-      a user stays the sequence order), and a few all-zero lines sit in ``train.txt``.
+      a user stays the sequence order; most users' lines come in several blocks, as 92% of the
+      release's do), and a few all-zero lines sit in ``train.txt``;
+    - the flags follow the release's mix (``_release_flags``): about 30% of the lines have no click.
     """
     rng = _chunk_rng(spec, "behavior_set_splits", _STREAM_EVENTS, ci)
     s = _simulate_slots(world, spec, rng, u1 - u0, _UNTIMED_WINDOW, _FLAG_MODE)
-    f = _flags(spec, rng, s)
+    f = _release_flags(_flags(spec, rng, s), rng, s)
     any_flag = f["click"] | f["like"] | f["share"] | f["follow"]
     # exposures are dropped, except a few all-zero lines left in as in the release
     keep = np.flatnonzero(any_flag | (rng.random(len(any_flag)) < 0.002))
@@ -866,7 +887,7 @@ def _splits_chunk(world: _World, spec: SyntheticSpec, ci: int, u0: int, u1: int)
         "b1": flags["click"].astype(np.int8), "b2": flags["like"].astype(np.int8),
         "b3": flags["share"].astype(np.int8), "b4": flags["follow"].astype(np.int8),
     })
-    block_len = 2 + rng.geometric(1 / 8, s.n_users)  # lines per block of one user
+    block_len = 1 + rng.geometric(1 / 3, s.n_users)  # lines per block of one user
 
     def interleaved(mask: np.ndarray) -> pl.DataFrame:
         rows = np.flatnonzero(mask)

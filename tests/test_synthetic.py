@@ -343,6 +343,14 @@ def test_behavior_set_splits_semantics(default_out: dict[str, Path]) -> None:
     # Users outside valid and test hold fewer than two non-click-only sets, all in train.
     rest = train.filter(~pl.col("user").is_in(pl.concat([test["user"], valid["user"]]).implode()))
     assert rest.group_by("user").agg((~click_only & nonzero).sum().alias("n"))["n"].max() <= 1
+    # the published release's flag mix: 30% of train lines without a click, like/click 0.73,
+    # share/click 0.063, follow/click 0.046 (column sums 93,302 / 67,700 / 5,846 / 4,264)
+    sums = train.select(pl.col("b1", "b2", "b3", "b4").sum()).row(0)
+    assert 0.25 < (train["b1"] == 0).mean() < 0.35
+    assert 0.6 < sums[1] / sums[0] < 0.85 and 0.04 < sums[2] / sums[0] < 0.09 and 0.03 < sums[3] / sums[0] < 0.06
+    # most users' train lines come in several blocks (4,691 of the release's 5,081 users)
+    blocks = train.with_columns((pl.col("user") != pl.col("user").shift()).fill_null(True).cum_sum().alias("block"))
+    assert blocks.group_by("user").agg(pl.col("block").n_unique() > 1)["block"].mean() > 0.75
 
 
 # ---------------------------------------------------------------- sizing, CLI, robustness
