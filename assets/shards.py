@@ -27,7 +27,8 @@ from assets.object_store import synced
 from assets.partitions import dataset_partitions
 from pipelines import shards
 from pipelines.contracts import combined, ingest_consistency, validate_parquet
-from pipelines.process import peak_rss_mb, reset_peak_rss, threads_used
+from pipelines.parallel import threads_used
+from pipelines.process import peak_rss_mb, reset_peak_rss
 from pipelines.registry import load_registry
 from pipelines.resources import PipelineSettings
 from pipelines.sources import SOURCE_FILE, resolve_raw_source

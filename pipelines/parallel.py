@@ -32,6 +32,13 @@ def shard_workers() -> int:
     return min(2, available_cpus())
 
 
+def threads_used() -> dict[str, int]:
+    """The threads a stage runs with here: the stage's own (``shard_workers``) and polars'."""
+    import polars as pl
+
+    return {"stage": shard_workers(), "polars": pl.thread_pool_size(), "cpus": available_cpus()}
+
+
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> Iterator[R]:
     """``map(fn, items)`` with up to ``workers`` calls running at once; results in input order.
     An exception in ``fn`` is raised when its result is reached (later calls are cancelled)."""

@@ -49,15 +49,6 @@ def available_cpus() -> int:
     return max(1, n)
 
 
-def threads_used() -> dict[str, int]:
-    """The threads a stage runs with here: the stage's own (``pipelines.parallel.shard_workers``) and polars'."""
-    import polars as pl
-
-    from pipelines.parallel import shard_workers
-
-    return {"stage": shard_workers(), "polars": pl.thread_pool_size(), "cpus": available_cpus()}
-
-
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
 

@@ -29,7 +29,7 @@ def test_a_process_pinned_to_one_core_runs_its_stages_on_one_thread():
         import os, json
         for var in ("POLARS_MAX_THREADS", "MBREC_SHARD_WORKERS"):
             os.environ.pop(var, None)
-        from pipelines.process import threads_used
+        from pipelines.parallel import threads_used
         print(json.dumps(threads_used()))
     """
     pinned = json.loads(_python(code, env, cpus={core}))
