@@ -34,10 +34,8 @@ import json
 import math
 import os
 import shutil
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -56,7 +54,7 @@ from pipelines.reporting import Log
 from pipelines.sequences import splits as sp
 from pipelines.parallel import ordered_map
 from pipelines.sequences.steps import EmptyPartitionError
-from pipelines.storage import (ArrayBlocks, NpzAppender, NpzMember, ParquetAppender, VersionedOutputs, npz_members,
+from pipelines.storage import (ArrayBlocks, NpzMember, ParquetAppender, VersionedOutputs, npz_members,
                                write_frame, write_npz_atomic, write_text_atomic)
 from schemas import columns as c
 from schemas.columns import EVENT_COLUMNS
@@ -484,16 +482,16 @@ def merge_model_ready(arrays: list[Path], table_target: Path, arrays_target: Pat
     (a shard run writes no model-ready tables).
 
     A block of consecutive user ids is a contiguous row range of every shard's arrays (one
-    positioned read each), interleaved by a stable sort on the user id. The table is written from
-    those blocks (``to_frame``, one row group per block as ``merge_table`` writes), then each array
-    is written from the same blocks straight into the archive (the bytes of ordering the
-    concatenated arrays by user), so no array is held whole or copied twice.
+    positioned read each), interleaved by a stable sort on the user id; each array is written from
+    those blocks straight into the archive (the bytes of ordering the concatenated arrays by user),
+    so no array is held whole or copied twice. The table is then written from the archive as the
+    single-machine stage writes it (``model_ready.write_table``): the same bytes for the same arrays.
     """
     from pipelines.sequences import model_ready
 
     sources: list[dict[str, NpzMember]] = []
     user_id_arrays: list[np.ndarray] = []
-    empty: dict[str, np.ndarray] | None = None  # a shard's arrays without rows: the empty table's schema
+    empty: dict[str, np.ndarray] | None = None  # a shard's arrays without rows: their dtypes and shapes
     for path in arrays:
         if not path.is_file():
             continue
@@ -509,12 +507,9 @@ def merge_model_ready(arrays: list[Path], table_target: Path, arrays_target: Pat
                 raise ShardError(f"{path}: user ids are not ordered within 0..{n_users - 1}")
             sources.append(shard)
             user_id_arrays.append(user_ids)
-    if not sources:  # an empty table (with the arrays' schema when a shard wrote empty arrays), an empty archive
-        with ParquetAppender(table_target) as out:
-            if empty is not None:
-                out.write(model_ready.to_frame(empty, role))
-        with NpzAppender(arrays_target):
-            pass
+    if not sources:  # empty arrays (as a shard wrote them, when one did) and their empty table
+        write_npz_atomic(empty or {}, arrays_target)
+        model_ready.write_table(arrays_target, table_target, role)
         return 0
 
     keys = list(sources[0])  # the arrays' order in the file, as the shards wrote it
@@ -529,14 +524,12 @@ def merge_model_ready(arrays: list[Path], table_target: Path, arrays_target: Pat
         starts = np.cumsum([0] + [b - a for a, b in ranges])
         blocks.append((len(users), [(a, b, where[starts[k]:starts[k + 1]]) for k, (a, b) in enumerate(ranges)]))
 
-    # one buffer per thread and array (the table thread and this one each build a block at a time, and
-    # a block is written before the next is built): reused, they spare faulting in fresh pages for
-    # every block, which was a third of the merge's CPU time at 100M rows
-    buffers = threading.local()
+    # one buffer per array: reused, they spare faulting in fresh pages for every block, which was a
+    # third of the merge's CPU time at 100M rows
     largest = max(rows for rows, _ in blocks)
+    pool: dict[tuple, np.ndarray] = {}
 
     def buffer(name: tuple, member: NpzMember) -> np.ndarray:
-        pool = buffers.__dict__.setdefault("pool", {})
         if name not in pool:
             pool[name] = np.empty(largest * int(np.prod(member.shape[1:], dtype=np.int64)), member.dtype)
         return pool[name]
@@ -553,26 +546,7 @@ def merge_model_ready(arrays: list[Path], table_target: Path, arrays_target: Pat
             out[where] = sources[k][key].rows(a, b, buffer(("in", key), first))
         return out
 
-    def write_table() -> int:
-        with ParquetAppender(table_target) as out:
-            for rows, parts in blocks:
-                out.write(model_ready.to_frame({k: block_of(k, rows, parts) for k in keys}, role))
-        return out.rows
-
-    # the table (zstd-bound) in a thread while this one writes the archive (numpy and file writes):
-    # both release the GIL; the archive is renamed into place only when the table was written
     total = sum(len(u) for u in user_id_arrays)
-    staged = arrays_target.with_name(f".{arrays_target.name}.merge.tmp")
-    try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-table") as pool:
-            table = pool.submit(write_table)
-            try:
-                write_npz_atomic({k: ArrayBlocks(sources[0][k].dtype, (total, *sources[0][k].shape[1:]),
-                                                 lambda k=k: (block_of(k, *b) for b in blocks)) for k in keys},
-                                 staged)
-            finally:
-                rows = table.result()
-        os.replace(staged, arrays_target)
-    finally:
-        staged.unlink(missing_ok=True)
-    return rows
+    write_npz_atomic({k: ArrayBlocks(sources[0][k].dtype, (total, *sources[0][k].shape[1:]),
+                                     lambda k=k: (block_of(k, *b) for b in blocks)) for k in keys}, arrays_target)
+    return model_ready.write_table(arrays_target, table_target, role)

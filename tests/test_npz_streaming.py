@@ -55,6 +55,14 @@ def test_nothing_appended_is_an_empty_archive_and_a_failure_publishes_nothing(tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.npz", "empty_whole.npz", "kept.npz"]
 
 
+def test_declared_zero_rows_give_the_empty_arrays(tmp_path):
+    empty = {k: v[:0] for k, v in blocks()[0].items()}
+    with NpzAppender(tmp_path / "zero.npz", rows=0) as out:
+        out.append(empty)
+        out.append(empty)
+    assert (tmp_path / "zero.npz").read_bytes() == write_npz_atomic(empty, tmp_path / "whole.npz").read_bytes()
+
+
 @pytest.mark.parametrize("rows, error", [(22, "more than the 22 rows declared"), (24, "24 declared")])
 def test_a_total_other_than_the_declared_rows_publishes_nothing(tmp_path, rows, error):
     (tmp_path / "kept.npz").write_bytes(b"previous")
@@ -108,16 +116,22 @@ def test_merging_shards_model_ready_gives_the_user_ordered_bytes_from_the_tables
     assert (tmp_path / "merged.npz").read_bytes() == (tmp_path / "expected.npz").read_bytes()
     merged = pl.read_parquet(tmp_path / "merged.parquet")
     assert merged.equals(model_ready.to_frame({key: v[order] for key, v in whole.items()}, "test"))
-    # the table, written from the arrays, has the bytes (row groups included) of merging the tables
+    # the table has the contents of merging the shards' tables, and the bytes the single-machine
+    # stage writes for the same arrays
     assert merge_table(tables, tmp_path / "from_tables.parquet", 7, 40) == n
-    assert (tmp_path / "merged.parquet").read_bytes() == (tmp_path / "from_tables.parquet").read_bytes()
+    assert merged.equals(pl.read_parquet(tmp_path / "from_tables.parquet"))
+    assert model_ready.write_table(tmp_path / "expected.npz", tmp_path / "expected.parquet", "test") == n
+    assert (tmp_path / "merged.parquet").read_bytes() == (tmp_path / "expected.parquet").read_bytes()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no scratch left
 
-    # no rows in any shard: an empty table and an empty archive
+    # no rows in any shard: the shards' empty arrays, and an empty table of their schema
     assert merge_model_ready(arrays[-2:], tmp_path / "e.parquet", tmp_path / "e.npz", "test", 7, 40) == 0
-    assert (tmp_path / "e.npz").read_bytes() == write_npz_atomic({}, tmp_path / "e2.npz").read_bytes()
-    assert merge_table(tables[-2:], tmp_path / "e_tables.parquet", 7, 40) == 0  # the empty shard table's schema
-    assert (tmp_path / "e.parquet").read_bytes() == (tmp_path / "e_tables.parquet").read_bytes()
+    assert (tmp_path / "e.npz").read_bytes() == write_npz_atomic(empty, tmp_path / "e2.npz").read_bytes()
+    assert pl.read_parquet(tmp_path / "e.parquet").equals(model_ready.to_frame(empty, "test"))
+    # none wrote any: an empty archive and a table without columns
+    assert merge_model_ready(arrays[-2:-1], tmp_path / "n.parquet", tmp_path / "n.npz", "test", 7, 40) == 0
+    assert (tmp_path / "n.npz").read_bytes() == write_npz_atomic({}, tmp_path / "n2.npz").read_bytes()
+    assert pl.read_parquet(tmp_path / "n.parquet").width == 0
 
 
 def test_shard_arrays_out_of_user_order_or_with_other_keys_are_refused_and_nothing_is_published(tmp_path):

@@ -109,6 +109,9 @@ def test_one_and_four_shards_give_the_same_bytes_and_the_single_machine_contents
             assert x.files == y.files and all(np.array_equal(x[k], y[k]) for k in x.files), p
         elif p.name != "ingest_report.json":  # the report says how the run was made
             assert reference[p] == a[p], p
+    # the model-ready arrays and tables are written from the same arrays the same way: the same bytes
+    ready = [p for p in a if p.parts[0] == "model_ready" and p.name not in bookkeeping]
+    assert len(ready) >= 6 and [p for p in ready if reference[p] != a[p]] == []
     report = json.loads((four.ingest_dir() / "ingest_report.json").read_text())
     single_report = json.loads((single.ingest_dir() / "ingest_report.json").read_text())
     for key in ("rows_read", "rows_kept", "rows_quarantined", "duplicates_dropped", "users", "items", "per_file"):
