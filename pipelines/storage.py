@@ -327,6 +327,8 @@ class NpzAppender:
                 finally:
                     os.close(self._fd)
             elif exc_type is None:
+                if self.expected_rows:
+                    raise ValueError(f"{self.path.name}: no rows written, {self.expected_rows:,} declared")
                 with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
                     for name, (part, dtype, tail) in self._parts.items():
                         with zf.open(_npz_member(name), "w", force_zip64=True) as out, part.open("rb") as src:

@@ -70,6 +70,9 @@ def test_a_total_other_than_the_declared_rows_publishes_nothing(tmp_path, rows, 
         with NpzAppender(tmp_path / "kept.npz", rows=rows) as out:
             for b in blocks():
                 out.append(b)
+    with pytest.raises(ValueError, match="no rows written, 3 declared"):
+        with NpzAppender(tmp_path / "kept.npz", rows=3):
+            pass
     with pytest.raises(ValueError, match="'extra' was not in the first block"):
         with NpzAppender(tmp_path / "kept.npz", rows=4) as out:
             out.append({"items": np.zeros((2, 50), np.int32)})
