@@ -126,8 +126,11 @@ def materialize_steps(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
     sets: dict[int, int] = {}
     users = sessions = recomputed = 0
     whole_ranges: list[tuple[int, int]] = []  # ranges where most users changed
+    # the published steps' own per-user digests: an unchanged user's steps are copied, so is their digest
+    published_digests = state.current_user_digests(paths) if before is not None else None
 
-    def shard_steps(bounds: tuple[int, int]) -> tuple[pl.DataFrame | None, pl.DataFrame, Any, int]:
+    def shard_steps(bounds: tuple[int, int]) -> tuple[pl.DataFrame | None, pl.DataFrame, pl.DataFrame | None,
+                                                      Any, int]:
         events = read_user_range(events_path, bounds[0], bounds[1], state.STEP_INPUT_COLUMNS)
         cleaned, report = clean(events, cfg, opts)
         digests = user_digests(events, state.STEP_INPUT_COLUMNS)
@@ -146,17 +149,24 @@ def materialize_steps(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
         steps = with_sessions(behavior_steps(cleaned, cfg, opts), opts.session_gap_minutes) \
             if not cleaned.is_empty() else None
         n = digests.height if changed is None else changed.list.len().item()
+        step_digests = None  # computed from the range's steps below
         if changed is not None:  # the unchanged users' published steps, with the new ones in user order
-            kept = read_user_range(steps_path(paths), bounds[0], bounds[1]).filter(~pl.col(c.USER_ID).is_in(changed))
+            kept = read_user_range(steps_path(paths), bounds[0], bounds[1], where=~pl.col(c.USER_ID).is_in(changed))
+            if published_digests is not None:
+                step_digests = pl.concat([
+                    published_digests.filter(pl.col(c.USER_ID).is_between(bounds[0], bounds[1], closed="left")
+                                             & ~pl.col(c.USER_ID).is_in(changed)),
+                    user_digests(steps) if steps is not None else published_digests.clear()],
+                ).sort(c.USER_ID, maintain_order=True)
             steps = kept if steps is None else pl.concat([kept, steps]).sort(c.USER_ID, maintain_order=True)
             steps = steps if steps.height else None
-        return steps, digests, report, n
+        return steps, digests, step_digests, report, n
 
     step_digests, event_digests = [], []
     for stale in (paths.steps_state(), paths.user_digests()):  # never beside steps they do not describe
         stale.unlink(missing_ok=True)
     with ParquetAppender(steps_path(paths), {"mbrec.order": "user_id, step"}) as out:
-        for i, (steps, digests, report, n) in enumerate(ordered_map(shard_steps, shards)):
+        for i, (steps, digests, range_digests, report, n) in enumerate(ordered_map(shard_steps, shards)):
             for k in totals:
                 totals[k] += getattr(report, k)
             rounds = report.k_core_rounds or rounds
@@ -165,7 +175,7 @@ def materialize_steps(cfg: DatasetConfig, paths: DatasetPaths, log: Log = print,
             if steps is None:
                 continue
             out.write(steps)
-            step_digests.append(user_digests(steps))
+            step_digests.append(user_digests(steps) if range_digests is None else range_digests)
             u, sess = steps[c.USER_ID].to_numpy(), steps["session"].to_numpy()
             new_user = np.r_[True, u[1:] != u[:-1]]
             users += int(new_user.sum())
@@ -351,7 +361,7 @@ def _split_changed_users(paths: DatasetPaths, path: Path, bounds: list[tuple[int
 
     def shard(b: tuple[int, int]) -> tuple[dict[str, pl.DataFrame], str | None]:
         # the range's changed users' steps (a range at a time: memory holds one range, as a full run)
-        steps = read_user_range(path, b[0], b[1]).filter(pl.col(c.USER_ID).is_in(ids))
+        steps = read_user_range(path, b[0], b[1], where=pl.col(c.USER_ID).is_in(ids))
         keep = in_range(b) & ~pl.col(c.USER_ID).is_in(ids)
         new: dict[str, pl.DataFrame] = {}
         note = None
