@@ -12,7 +12,7 @@ once (not timed); then, after the drop arrives, this prints the wall time (Pytho
 ``time.perf_counter``) of, side by side:
 
 - incremental: the ingest (parses ``events_2.csv`` only), then steps (recomputes the users whose
-  events changed), every split protocol (each recomputes the users whose steps changed) and
+  events changed), every split protocol that applies (each recomputes the users whose steps changed) and
   statistics;
 - the same again with nothing new (a no-op refresh: every stage finds its inputs unchanged);
 - full: the same stages into a fresh folder (what every refresh cost before);
@@ -91,8 +91,8 @@ def touched_only_floor(cfg, inc: DatasetLayout, touched: DatasetLayout, log) -> 
     total = pl.scan_parquet(inc.events()).select(pl.len()).collect().item()
     print(f"  the touched users hold {subset.height:,} of the {total:,} events ({subset.height / total:.1%})")
     _, t_steps = timed("touched only: steps", lambda: materialize_steps(cfg, touched, log=log))
-    _, t_splits = timed(f"touched only: {len(sp.PROTOCOLS)} split protocols",
-                        lambda: [materialize_split(cfg, touched, p, log=log) for p in sp.PROTOCOLS])
+    _, t_splits = timed(f"touched only: {len(applicable(cfg))} split protocols",
+                        lambda: [materialize_split(cfg, touched, p, log=log) for p in applicable(cfg)])
     _, t_stats = timed("touched only: statistics", lambda: materialize_statistics(cfg, touched, log=log))
     return t_steps + t_splits + t_stats
 
@@ -132,11 +132,11 @@ def downstream(cfg, layout: DatasetLayout, log, show: bool = False) -> dict[str,
     steps, out["sequences: steps"] = run("sequences: steps", lambda: materialize_steps(cfg, layout, log=log))
     if show:
         print(f"    {steps.mode}, {steps.users_recomputed:,} users computed ({steps.mode_reason})")
-    summaries, out[f"sequences: {len(sp.PROTOCOLS)} splits"] = run(
-        f"sequences: {len(sp.PROTOCOLS)} split protocols",
-        lambda: [materialize_split(cfg, layout, p, log=log) for p in sp.PROTOCOLS])
+    summaries, out[f"sequences: {len(applicable(cfg))} splits"] = run(
+        f"sequences: {len(applicable(cfg))} split protocols",
+        lambda: [materialize_split(cfg, layout, p, log=log) for p in applicable(cfg)])
     if show:
-        for p, s in zip(sp.PROTOCOLS, summaries, strict=True):
+        for p, s in zip(applicable(cfg), summaries, strict=True):
             if s.applicable:
                 print(f"    {p}: {s.mode}, {s.users_recomputed:,} users computed ({s.mode_reason})")
     _, out["statistics"] = run("statistics", lambda: materialize_statistics(cfg, layout, log=log))
@@ -146,6 +146,13 @@ def downstream(cfg, layout: DatasetLayout, log, show: bool = False) -> dict[str,
 
 
 MODEL_READY = "model-ready arrays"
+
+
+def applicable(cfg) -> list[str]:
+    """The split protocols that apply to the dataset (``released`` needs a published release's files)."""
+    from pipelines.sequences import splits as sp
+
+    return [p for p in sp.PROTOCOLS if not sp.PROTOCOL_TABLE[p].not_applicable(cfg)]
 
 
 def timed(label: str, fn):

@@ -185,6 +185,27 @@ def test_steps_fall_back_to_a_full_recompute_when_their_files_changed_or_k_core_
     assert not layout.steps_state().exists()
 
 
+@pytest.mark.parametrize("digests", ["kept", "missing"])
+def test_steps_take_unchanged_users_digests_from_the_published_ones_or_hash_them(registry, drops, tmp_path, digests):
+    """An unchanged user's steps digest is copied from the published ``user_digests``; without a
+    usable one (missing, or stamped for other steps) every user's steps are hashed: the same bytes."""
+    cfg = _cfg(registry)
+    inc, full = DatasetLayout(tmp_path / "inc", cfg.name), DatasetLayout(tmp_path / "full", cfg.name)
+    _drop(inc, 0, drops[0])
+    _build(cfg, inc)
+    for layout, k in ((full, 0), (full, 1), (inc, 1)):
+        _drop(layout, k, drops[k])
+    if digests == "missing":
+        inc.user_digests().unlink()
+    for layout in (inc, full):
+        ingest_dataset(cfg, layout.raw_dir, layout.ingest_dir(), log=quiet)
+    s = stage.materialize_steps(cfg, inc, log=quiet, rows_per_shard=ROWS_PER_SHARD)
+    assert s.mode == "incremental" and 0 < s.users_recomputed
+    stage.materialize_steps(cfg, full, log=quiet, rows_per_shard=ROWS_PER_SHARD)
+    for name in ("steps.parquet", "user_digests.parquet", "event_digests.parquet"):
+        assert (inc.steps().parent / name).read_bytes() == (full.steps().parent / name).read_bytes(), name
+
+
 def test_the_split_user_table_and_digests_hold_their_contracts(registry, drops, tmp_path):
     from pipelines.contracts import validate_parquet
     from schemas.sequences import SplitUsers, UserDigests
