@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.registry import REPO_ROOT
+from pipelines.remote import DATA_ROOT_ENV, is_object_store_url, work_dir_for
 
-DATA_ROOT_ENV = "MBREC_DATA_ROOT"
 # The ingest stage writes these into a staging folder and publishes them as one version (its
 # writer needs the names without the folder); everyone else uses the accessors.
 INGEST_FILES = {"events": "events.parquet", "user_id_map": "user_id_map.parquet",
@@ -58,8 +58,6 @@ def data_root_path(value: str, where: str = "data_root") -> Path:
     object-store URL (``s3://``, ``gs://``, any fsspec protocol) its local working copy, which
     ``pipelines.remote`` keeps in step with the store around every step."""
     from urllib.parse import unquote, urlparse
-
-    from pipelines.remote import is_object_store_url, work_dir_for
 
     if "://" not in value:
         return Path(value)

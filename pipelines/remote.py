@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+DATA_ROOT_ENV = "MBREC_DATA_ROOT"  # the data root: a folder, a file:// URL or an object-store URL
 LINK_SUFFIX = ".mbrec-link"
 STATE_DIR = ".mbrec-remote"
 WORK_DIR_ENV = "MBREC_WORK_DIR"
@@ -468,8 +469,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m pipelines.remote pull|push DATASET...``: synchronise datasets' folders by hand (to read
     published outputs on a laptop, or to send a hand-placed raw file), with ``$MBREC_DATA_ROOT``."""
     import argparse
-
-    from pipelines.layout import DATA_ROOT_ENV
 
     ap = argparse.ArgumentParser(prog="python -m pipelines.remote", description=main.__doc__)
     ap.add_argument("direction", choices=("pull", "push"))
